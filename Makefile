@@ -1,0 +1,43 @@
+# modelops: `make up` runs the embedded stack, `make test` runs the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up test lint typecheck unit integration clean reset
+
+# The venv is (re)built when pyproject.toml changes. torch is pinned to the CPU build that pip
+# finds on this machine's disk; never let it float.
+$(STAMP): pyproject.toml
+	@echo ">> step: create the virtual environment in $(VENV) and install pinned dependencies (about 2 minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on -e '.[all]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(BIN)/modelops up
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy modelspec registry gateway modelops benchmarks
+
+unit: install
+	$(BIN)/pytest -m "not integration" -q
+
+integration: install
+	$(BIN)/pytest -m integration -q
+
+test: install lint typecheck
+	$(BIN)/pytest -q
+
+reset: install
+	$(BIN)/modelops reset --yes
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

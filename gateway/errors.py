@@ -1,0 +1,96 @@
+"""One error base with its HTTP status and a stable code, and one JSON error shape.
+
+Every error the gateway returns is ``{"error": {"code": ..., "message": ..., "field": ...}}``.
+Messages say what to do next; they never echo the client's payload or internal class names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers with; subclasses set ``status_code`` and ``code``."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error document."""
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class MalformedRequest(GatewayError):
+    """400: the body is not valid JSON."""
+
+    status_code = 400
+    code = "malformed_json"
+
+
+class Unauthorized(GatewayError):
+    """401: missing or wrong API key."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class ModelNotFound(GatewayError):
+    """404: no model of that name is served."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    """413: body or record count over the configured limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    """415: the request is not ``application/json``."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidInput(GatewayError):
+    """422: a record does not satisfy the feature schema; ``field`` names the offending field."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class Overloaded(GatewayError):
+    """503: too many requests in flight; retry after the Retry-After delay."""
+
+    status_code = 503
+    code = "overloaded"
+
+
+class ModelNotReady(GatewayError):
+    """503: Triton or the model version is not ready; retry after the Retry-After delay."""
+
+    status_code = 503
+    code = "model_not_ready"
+
+
+class UpstreamError(GatewayError):
+    """502: Triton answered with an error."""
+
+    status_code = 502
+    code = "upstream_error"
+
+
+class UpstreamTimeout(GatewayError):
+    """504: Triton did not answer within the configured deadline."""
+
+    status_code = 504
+    code = "upstream_timeout"

@@ -1,0 +1,259 @@
+"""The ``modelops`` command line.
+
+``modelops up`` runs the embedded stack in the foreground; the other commands act on a running
+one (its MLflow and Triton) through the same settings (``MODELOPS_*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelops.settings import StackSettings
+
+if TYPE_CHECKING:
+    from registry.settings import RegistrySettings
+
+log = logging.getLogger("modelops")
+
+
+def _setup_logging(verbose: bool) -> None:
+    # MLflow configures its own loggers at import time from this variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("urllib3", "alembic", "mlflow", "onnxscript", "onnx_ir", "httpx", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("torch").setLevel(logging.ERROR)
+
+
+def _registry_settings(stack: StackSettings) -> RegistrySettings:
+    from registry.settings import RegistrySettings
+
+    overrides = {
+        "tracking_uri": os.environ.get("MODELOPS_REGISTRY_TRACKING_URI", stack.tracking_uri),
+        "model_repository": os.environ.get("MODELOPS_REGISTRY_MODEL_REPOSITORY", str(stack.model_repository)),
+        "triton_url": os.environ.get("MODELOPS_REGISTRY_TRITON_URL", f"{stack.host}:{stack.triton_http_port}"),
+    }
+    return RegistrySettings(
+        tracking_uri=overrides["tracking_uri"],
+        model_repository=Path(overrides["model_repository"]),
+        triton_url=overrides["triton_url"],
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the embedded stack and serve until Ctrl-C."""
+    from modelops.stack import EmbeddedStack, StepFailed
+
+    stack = EmbeddedStack(StackSettings())
+    try:
+        stack.start()
+    except StepFailed as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("%s", stack.banner())
+    stack.run_forever()
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """Run the gateway with uvicorn (settings from MODELOPS_GATEWAY_*)."""
+    import uvicorn
+
+    uvicorn.run(
+        "gateway.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Reconcile aliases with Triton once, or keep doing it with --watch."""
+    from registry.sync import SyncController
+
+    rs = _registry_settings(StackSettings())
+    controller = SyncController(rs)
+    if args.watch:
+        if args.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(args.metrics_port, registry=controller.metrics.registry)
+        stop = threading.Event()
+        try:
+            controller.watch(stop)
+        except KeyboardInterrupt:
+            stop.set()
+        return 0
+    failed = False
+    for outcome in controller.run_once(args.model or None):
+        if outcome.error:
+            failed = True
+            log.error("%s: %s", outcome.model, outcome.error)
+        else:
+            r = outcome.routing
+            log.info(
+                "%s: champion v%s, challenger v%s%s",
+                outcome.model,
+                r and r.champion,
+                r and r.challenger,
+                " (changed)" if outcome.changed else "",
+            )
+    return 1 if failed else 0
+
+
+def cmd_train_demo(args: argparse.Namespace) -> int:
+    """Train and register a new version of the demo model (no alias is moved)."""
+    from modelops.demo import train_and_register_demo
+
+    rs = _registry_settings(StackSettings())
+    version = train_and_register_demo(rs, epochs=args.epochs, seed=args.seed)
+    log.info(
+        "registered %s version %d; promote it with `modelops promote %s %d`",
+        version.name,
+        version.version,
+        version.name,
+        version.version,
+    )
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Move an alias (champion by default) to a version."""
+    from mlflow import MlflowClient
+
+    from registry.sync import FORCE_TAG
+
+    rs = _registry_settings(StackSettings())
+    client = MlflowClient(rs.tracking_uri)
+    if args.force:
+        client.set_model_version_tag(args.model, str(args.version), FORCE_TAG, "true")
+    client.set_registered_model_alias(args.model, args.alias, str(args.version))
+    log.info(
+        "%s@%s -> version %d; the sync controller serves it within seconds (`modelops status`)",
+        args.model,
+        args.alias,
+        args.version,
+    )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Move champion back to the previous champion (still loaded, so it is instant)."""
+    from mlflow import MlflowClient
+
+    from modelspec import Routing
+
+    rs = _registry_settings(StackSettings())
+    routing = Routing.read(rs.model_repository / args.model)
+    if routing is None or routing.previous_champion is None:
+        log.error("%s has no previous champion to roll back to; promote a version explicitly", args.model)
+        return 1
+    MlflowClient(rs.tracking_uri).set_registered_model_alias(args.model, "champion", str(routing.previous_champion))
+    log.info("%s@champion -> version %d (was %s)", args.model, routing.previous_champion, routing.champion)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show, per model: alias -> version -> Triton state -> run -> data hash -> serving since."""
+    from modelops.status import collect_status, format_status
+
+    rs = _registry_settings(StackSettings())
+    rows = collect_status(rs)
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_status(rows) + "\n")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Delete the embedded stack's state (registry, artifacts, logs) and the model repository."""
+    from modelops.stack import reset_state
+
+    if not args.yes:
+        log.error("this deletes the registry and every served version; run again with --yes")
+        return 1
+    reset_state(StackSettings())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    p = argparse.ArgumentParser(prog="modelops", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="start the embedded stack in the foreground").set_defaults(fn=cmd_up)
+
+    g = sub.add_parser("gateway", help="run the gateway (uvicorn)")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--port", type=int, default=8080)
+    g.add_argument("--workers", type=int, default=1)
+    g.set_defaults(fn=cmd_gateway)
+
+    s = sub.add_parser("sync", help="reconcile MLflow aliases with Triton")
+    s.add_argument("model", nargs="*", help="models to sync (default: every managed model)")
+    s.add_argument("--watch", action="store_true", help="keep reconciling")
+    s.add_argument("--metrics-port", type=int, default=int(os.environ.get("MODELOPS_SYNC_METRICS_PORT", "0")))
+    s.set_defaults(fn=cmd_sync)
+
+    t = sub.add_parser("train-demo", help="train and register a new demo model version")
+    t.add_argument("--epochs", type=int, default=60)
+    t.add_argument("--seed", type=int, default=7)
+    t.set_defaults(fn=cmd_train_demo)
+
+    pr = sub.add_parser("promote", help="move an alias to a version")
+    pr.add_argument("model")
+    pr.add_argument("version", type=int)
+    pr.add_argument("--alias", default="champion", choices=["champion", "challenger"])
+    pr.add_argument("--force", action="store_true", help="skip the promotion gates for this version")
+    pr.set_defaults(fn=cmd_promote)
+
+    rb = sub.add_parser("rollback", help="move champion back to the previous champion")
+    rb.add_argument("model")
+    rb.set_defaults(fn=cmd_rollback)
+
+    st = sub.add_parser("status", help="what is served, per model and alias")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+
+    rs = sub.add_parser("reset", help="delete the embedded stack's state")
+    rs.add_argument("--yes", action="store_true")
+    rs.set_defaults(fn=cmd_reset)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``modelops`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

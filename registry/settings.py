@@ -1,0 +1,66 @@
+"""Settings of the registry side: MLflow, the model repository, Triton control and sync.
+
+Read from ``MODELOPS_REGISTRY_*`` environment variables; every field is documented below and
+validated when the settings are built, so a bad value fails at startup, not mid-sync.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RegistrySettings(BaseSettings):
+    """Where the registry finds MLflow and Triton, and how it writes model repositories."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELOPS_REGISTRY_", extra="ignore")
+
+    tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking server URI.")
+    model_repository: Path = Field(Path("model_repository"), description="Triton model repository root.")
+    triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint (host:port) for model control.")
+    target: Literal["embedded", "native"] = Field(
+        "embedded",
+        description="embedded: the pip-installed Triton, ONNX run by onnxruntime in a Python backend; "
+        "native: the NGC Triton image with its onnxruntime backend.",
+    )
+    gpu: Literal["auto", "yes", "no"] = Field(
+        "auto", description="Serve on GPU instances (KIND_GPU): auto = when an NVIDIA GPU is visible."
+    )
+    max_batch_size: int = Field(256, ge=1, le=65536, description="Triton max_batch_size of every model.")
+    max_queue_delay_us: int = Field(
+        500, ge=0, le=1_000_000, description="Dynamic batching: longest wait to fill a batch, microseconds."
+    )
+    instance_count: int = Field(1, ge=1, le=64, description="Model instances per device.")
+    ort_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads per instance (0 = default).")
+    sync_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between reconcile passes in watch mode.")
+    load_timeout_s: float = Field(120.0, gt=0, description="Longest wait for Triton to load a model.")
+    quality_margin: float = Field(
+        0.05,
+        ge=0,
+        description="Gate: a new champion whose quality metric is worse than the current one by more "
+        "than this fraction is not served.",
+    )
+    experiment_prefix: str = Field("modelops/", description="Prefix of the MLflow experiment of each model.")
+
+    def uses_gpu(self) -> bool:
+        """Whether configs should ask for KIND_GPU instances on this host."""
+        if self.gpu == "yes":
+            return True
+        if self.gpu == "no":
+            return False
+        return gpu_present()
+
+
+def gpu_present() -> bool:
+    """True when an NVIDIA GPU device node is visible to this process."""
+    return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
+
+
+@lru_cache
+def get_registry_settings() -> RegistrySettings:
+    """The process-wide settings, built once (tests call ``cache_clear`` to override)."""
+    return RegistrySettings()
