@@ -1,0 +1,124 @@
+"""Model repository writer: configs validated offline, versions atomic and never overwritten."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from modelspec import BUNDLE_FILES, Manifest, ModelSchema, NumericFeature, OutputSpec
+from registry.repository import (
+    ConfigError,
+    RepositoryError,
+    ServingOptions,
+    check_model_name,
+    materialize_version,
+    render_config,
+    validate_config,
+    version_dir,
+    write_config,
+)
+
+SCHEMA = ModelSchema(
+    model_name="m",
+    features=[NumericFeature(name="x", minimum=0, maximum=1, example=0.5)],
+    outputs=[OutputSpec(name="y")],
+)
+
+
+def bundle(tmp_path: Path, run_id: str = "run1") -> Path:
+    b = tmp_path / f"bundle-{run_id}"
+    b.mkdir()
+    for name in BUNDLE_FILES:
+        (b / name).write_text("{}")
+    (b / "schema.json").write_text(SCHEMA.model_dump_json())
+    manifest = Manifest(model_name="m", run_id=run_id, data_hash="sha256:x", git_commit="c", parity_max_abs_error=0)
+    (b / "manifest.json").write_text(manifest.model_dump_json())
+    return b
+
+
+def test_embedded_config_parses_and_has_the_serving_settings() -> None:
+    text = render_config("m", [SCHEMA], [3, 1], ServingOptions(max_batch_size=64, max_queue_delay_us=250))
+    validate_config(text, expected_name="m")
+    assert 'backend: "onnxruntime_py"' in text
+    assert "versions: [ 1, 3 ]" in text
+    assert "max_queue_delay_microseconds: 250" in text
+    assert "KIND_CPU" in text and "max_batch_size: 64" in text
+
+
+def test_native_gpu_config_uses_the_onnxruntime_platform_and_tensorrt() -> None:
+    text = render_config("m", [SCHEMA], [1], ServingOptions(target="native", gpu=True, tensorrt_fp16=True))
+    validate_config(text, expected_name="m")
+    assert 'platform: "onnxruntime_onnx"' in text and "KIND_GPU" in text and '"FP16"' in text
+
+
+def test_batching_off_has_no_dynamic_batching() -> None:
+    text = render_config("m", [SCHEMA], [1], ServingOptions(dynamic_batching=False))
+    assert "dynamic_batching" not in text
+
+
+def test_differing_schemas_get_a_variable_feature_axis() -> None:
+    wider = SCHEMA.model_copy(
+        update={"features": [*SCHEMA.features, NumericFeature(name="z", minimum=0, maximum=1, example=0)]}
+    )
+    text = render_config("m", [SCHEMA, wider], [1, 2], ServingOptions())
+    assert 'name: "numeric" data_type: TYPE_FP32 dims: [ -1 ]' in text
+
+
+def test_invalid_configs_are_refused_with_position() -> None:
+    with pytest.raises(ConfigError, match="3:1 .*bogus_field"):
+        validate_config("name: 'm'\nmax_batch_size: 4\nbogus_field: 1\n")
+    with pytest.raises(ConfigError, match="names 'm'"):
+        validate_config('name: "m"\nmax_batch_size: 4\n', expected_name="other")
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        validate_config('name: "m"\n', expected_name="m")
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", "UPPER", "x" * 80, ".staging"])
+def test_unsafe_model_names_are_refused(name: str) -> None:
+    with pytest.raises(RepositoryError):
+        check_model_name(name)
+
+
+def test_version_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError):
+        version_dir(tmp_path, "m", 0)
+
+
+def test_materialize_is_atomic_idempotent_and_never_overwrites(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    target = materialize_version(root, "m", 1, bundle(tmp_path))
+    assert sorted(p.name for p in target.iterdir()) == sorted(BUNDLE_FILES)
+    assert Manifest.model_validate_json((target / "manifest.json").read_text()).version == 1
+    assert not any((root / ".staging").iterdir())
+    # Same run again: kept as it is.
+    assert materialize_version(root, "m", 1, tmp_path / "bundle-run1") == target
+    # Another run under the same version number: refused.
+    with pytest.raises(RepositoryError, match="never overwritten"):
+        materialize_version(root, "m", 1, bundle(tmp_path, "run2"))
+
+
+def test_interrupted_copy_is_cleaned_and_completed(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    half = root / ".staging" / "m.2.deadbeef"
+    half.mkdir(parents=True)
+    (half / "model.onnx").write_text("partial")
+    assert not (root / "m" / "2").exists()  # Triton never sees the half copy
+    materialize_version(root, "m", 2, bundle(tmp_path))
+    assert not half.exists()
+    assert (root / "m" / "2" / "manifest.json").exists()
+
+
+def test_incomplete_bundle_is_refused(tmp_path: Path) -> None:
+    b = bundle(tmp_path)
+    (b / "profile.json").unlink()
+    with pytest.raises(RepositoryError, match="lacks"):
+        materialize_version(tmp_path / "repo", "m", 1, b)
+
+
+def test_write_config_reports_changes(tmp_path: Path) -> None:
+    text = render_config("m", [SCHEMA], [1], ServingOptions())
+    assert write_config(tmp_path, "m", text) is True
+    assert write_config(tmp_path, "m", text) is False
+    shutil.rmtree(tmp_path / "m")
