@@ -67,7 +67,7 @@ def test_differing_schemas_get_a_variable_feature_axis() -> None:
 
 
 def test_invalid_configs_are_refused_with_position() -> None:
-    with pytest.raises(ConfigError, match="3:1 .*bogus_field"):
+    with pytest.raises(ConfigError, match=r"3:1 .*bogus_field"):
         validate_config("name: 'm'\nmax_batch_size: 4\nbogus_field: 1\n")
     with pytest.raises(ConfigError, match="names 'm'"):
         validate_config('name: "m"\nmax_batch_size: 4\n', expected_name="other")

@@ -73,7 +73,7 @@ def _numpy_output_wrapper() -> Any:
         return pb_utils.Tensor
     try:
         import torch
-        from torch.utils.dlpack import to_dlpack
+        from torch.utils.dlpack import to_dlpack  # type: ignore[attr-defined]
     except ImportError:
         pb_utils.Logger.log_warn("numpy 2 without torch: outputs go through the stub's numpy 1.x bridge")
         return pb_utils.Tensor
@@ -117,7 +117,7 @@ class OnnxRuntimeEngine:
     @staticmethod
     def dtype_name(array: np.ndarray) -> str:
         """The numpy name of the array's dtype (``float32``)."""
-        return array.dtype.name
+        return str(array.dtype.name)
 
     @staticmethod
     def concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -170,7 +170,7 @@ class TorchEngine:
 
     def from_triton(self, tensor: Any) -> Any:
         """A zero-copy torch view of an input tensor, on whatever device Triton placed it."""
-        return self.torch.from_dlpack(tensor.to_dlpack())
+        return self.torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
 
     @staticmethod
     def dtype_name(tensor: Any) -> str:
@@ -196,7 +196,8 @@ class TorchEngine:
 
     def to_triton(self, name: str, rows: Any) -> Any:
         """Wrap a slice of an output as a Triton tensor via DLPack."""
-        return pb_utils.Tensor.from_dlpack(name, self.torch.utils.dlpack.to_dlpack(rows.contiguous()))
+        capsule = self.torch.utils.dlpack.to_dlpack(rows.contiguous())  # type: ignore[attr-defined]
+        return pb_utils.Tensor.from_dlpack(name, capsule)
 
     def close(self) -> None:
         """Drop the module and give cached GPU memory back."""
@@ -234,7 +235,7 @@ class TritonPythonModel:
         self._check_reference(version_dir)
         self.logger.log_info(
             f"{self.model_name} v{self.version} ready: engine {self.engine.description} ({reason}); "
-            f"inputs {[n for n, _ in self.inputs]}, outputs {self.outputs}"
+            f"inputs {[n for n, _ in self.inputs]}, outputs {self.outputs}, numpy {np.__version__}"
         )
 
     def _choose(self, version_dir: str, preference: str, gpu_id: int | None, threads: int) -> tuple[Any, str]:
