@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelops.settings import StackSettings
 
@@ -150,6 +151,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if args.force:
         client.set_model_version_tag(args.model, str(args.version), FORCE_TAG, "true")
     client.set_registered_model_alias(args.model, args.alias, str(args.version))
+    if args.alias == "champion" and args.wait > 0:
+        log.info("%s@champion -> version %d; waiting for the sync controller", args.model, args.version)
+        return _wait_served(rs.model_repository / args.model, args.version, args.wait)
     log.info(
         "%s@%s -> version %d; the sync controller serves it within seconds (`modelops status`)",
         args.model,
@@ -161,17 +165,110 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Move champion back to the previous champion (still loaded, so it is instant)."""
+    import json as _json
+
     from mlflow import MlflowClient
 
     from modelspec import Routing
+    from registry.repository import check_model_name
+    from registry.sync import HISTORY_TAG
 
     rs = _registry_settings(StackSettings())
-    routing = Routing.read(rs.model_repository / args.model)
-    if routing is None or routing.previous_champion is None:
-        log.error("%s has no previous champion to roll back to; promote a version explicitly", args.model)
+    model = check_model_name(args.model)
+    client = MlflowClient(rs.tracking_uri)
+    routing = Routing.read(rs.model_repository / model)
+    target = routing.previous_champion if routing else None
+    if target is None:
+        # Fall back on the champion history kept on the registered model.
+        history = _json.loads((client.get_registered_model(model).tags or {}).get(HISTORY_TAG, "[]"))
+        current = routing.champion if routing else None
+        earlier = [v for v in history if v != current]
+        target = earlier[-1] if earlier else None
+    if target is None:
+        log.error("%s has no previous champion to roll back to; promote a version explicitly", model)
         return 1
-    MlflowClient(rs.tracking_uri).set_registered_model_alias(args.model, "champion", str(routing.previous_champion))
-    log.info("%s@champion -> version %d (was %s)", args.model, routing.previous_champion, routing.champion)
+    client.set_registered_model_alias(model, "champion", str(target))
+    log.info("%s@champion -> version %d (was %s)", model, target, routing.champion if routing else None)
+    return _wait_served(rs.model_repository / model, target, args.wait)
+
+
+def _wait_served(model_dir: Path, version: int, timeout_s: float) -> int:
+    """Wait until the sync controller routes the champion to ``version``; 0 when it did."""
+    from modelspec import Routing
+
+    if timeout_s <= 0:
+        return 0
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        routing = Routing.read(model_dir)
+        if routing is not None and routing.champion == version:
+            log.info("serving version %d as champion after %.1f s", version, time.monotonic() - started)
+            return 0
+        time.sleep(0.1)
+    log.error(
+        "version %d is not serving after %.0f s: is the sync controller running (`modelops up` or "
+        "`modelops sync --watch`)? `modelops status` shows why a version is blocked",
+        version,
+        timeout_s,
+    )
+    return 1
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Explain what changed between two versions of a model."""
+    from mlflow import MlflowClient
+
+    from registry.lineage import diff_json, diff_versions, format_diff
+
+    rs = _registry_settings(StackSettings())
+    diff = diff_versions(MlflowClient(rs.tracking_uri), args.model, args.a, args.b)
+    sys.stdout.write((diff_json(diff) if args.json else format_diff(diff)) + "\n")
+    return 0
+
+
+def _load_factory(spec: str) -> Any:
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"--module must look like package.module:factory, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _read_table(path: str) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Infer a feature schema from a sample file (edit it, then pass it to `register`)."""
+    from registry.byo import infer_schema
+
+    schema = infer_schema(_read_table(args.data), name=args.name, target=args.target)
+    sys.stdout.write(schema.model_dump_json(indent=2) + "\n")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Register a trained PyTorch module (from a factory function) as a new version."""
+    from modelspec import ModelSchema
+    from registry.byo import register_model
+
+    rs = _registry_settings(StackSettings())
+    module = _load_factory(args.module)()
+    schema = ModelSchema.model_validate_json(Path(args.schema).read_bytes()) if args.schema else None
+    version = register_model(
+        module, _read_table(args.data), name=args.name, target=args.target, schema=schema, settings=rs
+    )
+    log.info(
+        "registered %s version %d; promote it with `modelops promote %s %d`",
+        version.name,
+        version.version,
+        version.name,
+        version.version,
+    )
     return 0
 
 
@@ -229,10 +326,33 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("version", type=int)
     pr.add_argument("--alias", default="champion", choices=["champion", "challenger"])
     pr.add_argument("--force", action="store_true", help="skip the promotion gates for this version")
+    pr.add_argument("--wait", type=float, default=0, help="seconds to wait until the version serves")
     pr.set_defaults(fn=cmd_promote)
 
     rb = sub.add_parser("rollback", help="move champion back to the previous champion")
     rb.add_argument("model")
+    rb.add_argument("--wait", type=float, default=10, help="seconds to wait until it serves (0: do not wait)")
+
+    df = sub.add_parser("diff", help="what changed between two versions")
+    df.add_argument("model")
+    df.add_argument("a", type=int)
+    df.add_argument("b", type=int)
+    df.add_argument("--json", action="store_true")
+    df.set_defaults(fn=cmd_diff)
+
+    sc = sub.add_parser("schema", help="infer a feature schema from a sample (CSV or Parquet)")
+    sc.add_argument("--data", required=True)
+    sc.add_argument("--target", required=True)
+    sc.add_argument("--name", required=True)
+    sc.set_defaults(fn=cmd_schema)
+
+    rg = sub.add_parser("register", help="register your own trained PyTorch module")
+    rg.add_argument("--module", required=True, help="package.module:factory returning the trained nn.Module")
+    rg.add_argument("--data", required=True, help="held-out sample with the target column (CSV or Parquet)")
+    rg.add_argument("--target", required=True)
+    rg.add_argument("--name", required=True)
+    rg.add_argument("--schema", help="schema JSON (from `modelops schema`, edited); inferred when omitted")
+    rg.set_defaults(fn=cmd_register)
     rb.set_defaults(fn=cmd_rollback)
 
     st = sub.add_parser("status", help="what is served, per model and alias")

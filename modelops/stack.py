@@ -46,7 +46,7 @@ class EmbeddedStack:
         settings: StackSettings,
         *,
         bootstrap: Callable[[RegistrySettings], None] | None = None,
-        sync_interval_s: float = 2.0,
+        sync_interval_s: float = 1.0,
     ) -> None:
         """Args:
         settings: ports and folders.

@@ -44,6 +44,9 @@ class RegistrySettings(BaseSettings):
         description="Gate: a new champion whose quality metric is worse than the current one by more "
         "than this fraction is not served.",
     )
+    require_load_test: bool = Field(
+        False, description="Gate: a new champion needs a passing `modelops bench` recorded on its version."
+    )
     experiment_prefix: str = Field("modelops/", description="Prefix of the MLflow experiment of each model.")
 
     def uses_gpu(self) -> bool:

@@ -66,6 +66,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = f"{TAG_PREFIX}champion_history"
 FORCE_TAG = f"{TAG_PREFIX}force"
 STATUS_TAG = f"{TAG_PREFIX}sync_status"
+LOADTEST_TAG = f"{TAG_PREFIX}loadtest_status"
 
 
 class GateFailed(RuntimeError):
@@ -127,6 +128,7 @@ class SyncController:
         )
         self.healthy = False
         self._lock = threading.Lock()
+        self._blocked: dict[tuple[str, str, int], str] = {}  # (model, alias, version) -> reason, logged once
 
     # -- discovery ---------------------------------------------------------------------------
     def managed_models(self) -> list[str]:
@@ -213,10 +215,13 @@ class SyncController:
         for alias, v in gated:
             try:
                 self._gate(model, alias, v, routing)
+                self._blocked.pop((model, alias, v), None)
             except GateFailed as exc:
-                self._mark(model, v, f"blocked: {exc}")
-                self.metrics.errors.labels(model, "gate").inc()
-                log.error("sync %s: version %d not served as %s: %s", model, v, alias, exc)
+                if self._blocked.get((model, alias, v)) != str(exc):
+                    self._blocked[(model, alias, v)] = str(exc)
+                    self._mark(model, v, f"blocked: {exc}")
+                    self.metrics.errors.labels(model, "gate").inc()
+                    log.error("sync %s: version %d not served as %s: %s", model, v, alias, exc)
                 outcome.error = f"v{v} as {alias}: {exc}"
                 # Keep serving what was there; drop the blocked version from the wanted set.
                 if alias == CHAMPION:
@@ -309,9 +314,15 @@ class SyncController:
 
     def _gate(self, model: str, alias: str, version: int, routing: Routing) -> None:
         mv = self.client.get_model_version(model, str(version))
-        if (mv.tags or {}).get(FORCE_TAG) == "true":
+        tags = mv.tags or {}
+        if tags.get(FORCE_TAG) == "true":
             log.warning("sync %s: v%d is forced past the gates", model, version)
             return
+        if self.settings.require_load_test and alias == CHAMPION and tags.get(LOADTEST_TAG) != "passed":
+            raise GateFailed(
+                f"no passing load test recorded ({LOADTEST_TAG}={tags.get(LOADTEST_TAG, 'missing')}); "
+                f"run `modelops bench --model {model} --version {version}` first"
+            )
         live = routing.champion
         if live is None or live == version or not is_complete(version_dir(self.root, model, live)):
             return

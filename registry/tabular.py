@@ -91,7 +91,7 @@ class TabularRegressor(nn.Module):
 class TrainingResult:
     """A trained module and how it did on the held-out rows."""
 
-    module: TabularRegressor
+    module: nn.Module
     metrics: dict[str, float]
     params: dict[str, str]
     train_index: np.ndarray
