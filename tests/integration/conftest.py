@@ -18,9 +18,9 @@ import pytest
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
-from modelops.processes import free_port  # noqa: E402
-from modelops.settings import StackSettings  # noqa: E402
-from modelops.stack import EmbeddedStack  # noqa: E402
+from modelops.processes import free_port
+from modelops.settings import StackSettings
+from modelops.stack import EmbeddedStack
 
 log = logging.getLogger(__name__)
 

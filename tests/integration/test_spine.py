@@ -150,5 +150,5 @@ def test_second_start_reuses_the_registry_and_stop_leaves_no_process(running_sta
         assert any("triton_python_backend_stub" in " ".join(p.cmdline()) for p in procs if p.is_running())
     finally:
         stack.stop()
-    gone, alive = psutil.wait_procs(procs, timeout=10)
+    _gone, alive = psutil.wait_procs(procs, timeout=10)
     assert not alive, f"left running: {[p.pid for p in alive]}"
