@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint typecheck unit integration clean reset
+.PHONY: install tools up test lint typecheck unit integration clean reset
 
 # The venv is (re)built when pyproject.toml changes. torch is pinned to the CPU build that pip
 # finds on this machine's disk; never let it float.
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# promtool (Debian's prometheus package) for the offline checks of deploy/ (kubectl comes as a wheel).
+tools:
+	@command -v promtool >/dev/null || { \
+		echo ">> step: install promtool (Debian package prometheus)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 up: install
 	$(BIN)/modelops up
@@ -33,7 +40,7 @@ unit: install
 integration: install
 	$(BIN)/pytest -m integration -q
 
-test: install lint typecheck
+test: install tools lint typecheck
 	$(BIN)/pytest -q
 
 reset: install

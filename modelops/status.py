@@ -16,7 +16,7 @@ def collect_status(settings: RegistrySettings) -> list[dict[str, Any]]:
     from registry.triton_control import TritonControl, TritonControlError
 
     client = MlflowClient(settings.tracking_uri)
-    triton = TritonControl(settings.triton_url.split(",")[0].strip(), timeout_s=5)
+    triton = TritonControl(settings.triton_endpoints()[0], timeout_s=5)
     rows: list[dict[str, Any]] = []
     models = managed_models(client)
     for model in models:

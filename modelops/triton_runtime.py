@@ -9,6 +9,7 @@ the stub's embedded interpreter finds the venv's packages (onnxruntime, numpy).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -37,22 +38,25 @@ class TritonPorts:
     metrics: int = 8002
 
 
-def pytriton_root() -> Path:
-    """Folder of the Triton distribution inside the pytriton wheel."""
-    try:
-        import pytriton
-    except ImportError as exc:
+def _pytriton_package() -> Path:
+    # Located without importing it: importing pytriton pulls tritonclient, which a GPU host
+    # that only runs the server may not have.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.origin:
         raise TritonNotInstalled(
             "tritonserver comes from the nvidia-pytriton wheel: run `make install` (or "
             "`pip install -e .[serving]`) first"
-        ) from exc
-    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+        )
+    return Path(spec.origin).resolve().parent
+
+
+def pytriton_root() -> Path:
+    """Folder of the Triton distribution inside the pytriton wheel."""
+    return _pytriton_package() / "tritonserver"
 
 
 def _libs_dir() -> Path:
-    import pytriton
-
-    return Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
+    return _pytriton_package().parent / "nvidia_pytriton.libs"
 
 
 def prepare_backends(state_dir: Path) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,10 +152,12 @@ def export_torchscript(
     module.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     sample = (torch.from_numpy(numeric[:4]), torch.from_numpy(categorical[:4]))
-    with torch.no_grad():
+    # torch 2.13 marks torch.jit deprecated; it is still the format older serving torches load.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
         traced = torch.jit.trace(module, sample, check_trace=False)
-    torch.jit.save(traced, str(path))
-    loaded = torch.jit.load(str(path), map_location="cpu")
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         expected_all = module(torch.from_numpy(numeric), torch.from_numpy(categorical)).numpy()
         tolerance = parity_tolerance(expected_all)

@@ -25,8 +25,8 @@ from modelspec import (
     Manifest,
     ModelSchema,
 )
-from modelspec.bundle import MODEL_FILE
-from registry.export import export_onnx
+from modelspec.bundle import MODEL_FILE, TORCH_MODEL_FILE
+from registry.export import export_onnx, export_torchscript
 from registry.profiling import build_profile
 from registry.settings import RegistrySettings
 from registry.tabular import TrainingResult, encode
@@ -122,6 +122,19 @@ def register_trained(
             mlflow.end_run(status="FAILED")
             raise
         mlflow.log_metric("parity_max_abs_error", exported.max_abs_error)
+        # The TorchScript twin runs on the GPU when onnxruntime has no CUDA provider (issue 7).
+        try:
+            scripted = export_torchscript(
+                result.module, numeric[test_idx], categorical[test_idx], bundle / TORCH_MODEL_FILE
+            )
+            mlflow.log_metric("torchscript_parity_max_abs_error", scripted.max_abs_error)
+        except Exception as exc:  # optional artifact: the ONNX file is what is served by default
+            (bundle / TORCH_MODEL_FILE).unlink(missing_ok=True)
+            log.warning(
+                "no TorchScript artifact for %s (GPU hosts without onnxruntime-gpu will use the CPU): %s",
+                schema.model_name,
+                exc,
+            )
 
         with torch.no_grad():
             train_pred = result.module(

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from registry.repository import ServingOptions
 
 
 class RegistrySettings(BaseSettings):
@@ -22,6 +25,12 @@ class RegistrySettings(BaseSettings):
     tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking server URI.")
     model_repository: Path = Field(Path("model_repository"), description="Triton model repository root.")
     triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint (host:port) for model control.")
+    triton_urls: str = Field(
+        "",
+        description="Every Triton replica the sync controller must update: comma-separated host:port, each "
+        "host resolved on every pass to all its addresses (a Kubernetes headless Service or a compose "
+        "service scaled to N). Empty: triton_url alone.",
+    )
     target: Literal["embedded", "native"] = Field(
         "embedded",
         description="embedded: the pip-installed Triton, ONNX run by onnxruntime in a Python backend; "
@@ -29,6 +38,9 @@ class RegistrySettings(BaseSettings):
     )
     gpu: Literal["auto", "yes", "no"] = Field(
         "auto", description="Serve on GPU instances (KIND_GPU): auto = when an NVIDIA GPU is visible."
+    )
+    tensorrt_fp16: bool = Field(
+        False, description="native target on GPU: let onnxruntime use TensorRT with FP16 (engine built at load)."
     )
     max_batch_size: int = Field(256, ge=1, le=65536, description="Triton max_batch_size of every model.")
     max_queue_delay_us: int = Field(
@@ -48,6 +60,40 @@ class RegistrySettings(BaseSettings):
         False, description="Gate: a new champion needs a passing `modelops bench` recorded on its version."
     )
     experiment_prefix: str = Field("modelops/", description="Prefix of the MLflow experiment of each model.")
+
+    def triton_endpoints(self) -> list[str]:
+        """host:port of every Triton replica, DNS names resolved now (sorted, deduplicated)."""
+        import socket
+
+        if not self.triton_urls.strip():
+            return [u.strip() for u in self.triton_url.split(",") if u.strip()]
+        endpoints: set[str] = set()
+        for entry in (e.strip() for e in self.triton_urls.split(",")):
+            if not entry:
+                continue
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"MODELOPS_REGISTRY_TRITON_URLS entry {entry!r} is not host:port")
+            try:
+                infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
+            except socket.gaierror:
+                continue  # no replica behind this name right now; the next pass looks again
+            endpoints |= {f"{info[4][0]}:{port}" for info in infos}
+        return sorted(endpoints)
+
+    def serving_options(self) -> ServingOptions:
+        """How generated configs ask Triton to serve (target, device, batching)."""
+        from registry.repository import ServingOptions
+
+        return ServingOptions(
+            target=self.target,
+            gpu=self.uses_gpu(),
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_us=self.max_queue_delay_us,
+            instance_count=self.instance_count,
+            ort_threads=self.ort_threads,
+            tensorrt_fp16=self.tensorrt_fp16,
+        )
 
     def uses_gpu(self) -> bool:
         """Whether configs should ask for KIND_GPU instances on this host."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -46,7 +47,6 @@ from modelspec import (
 from modelspec.bundle import utc_now
 from registry.register import BUNDLE_ARTIFACT_PATH, MANAGED_TAG, TAG_PREFIX
 from registry.repository import (
-    ServingOptions,
     check_model_name,
     is_complete,
     materialize_version,
@@ -111,26 +111,37 @@ class SyncController:
     """Reconciles MLflow aliases of managed models with the Triton replicas."""
 
     def __init__(self, settings: RegistrySettings, metrics: SyncMetrics | None = None) -> None:
+        # The controller retries whole passes with its own backoff; MLflow's default per-call
+        # retries (minutes with an unreachable server) would stall every pass.
+        for name, value in (
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.2"),
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+        ):
+            os.environ.setdefault(name, value)
         from mlflow import MlflowClient
 
         self.settings = settings
         self.root = settings.model_repository
         self.client = MlflowClient(settings.tracking_uri)
-        self.tritons = [TritonControl(u.strip(), settings.load_timeout_s) for u in settings.triton_url.split(",")]
+        self._tritons: dict[str, TritonControl] = {}
         self.metrics = metrics or SyncMetrics()
-        self.options = ServingOptions(
-            target=settings.target,
-            gpu=settings.uses_gpu(),
-            max_batch_size=settings.max_batch_size,
-            max_queue_delay_us=settings.max_queue_delay_us,
-            instance_count=settings.instance_count,
-            ort_threads=settings.ort_threads,
-        )
+        self.options = settings.serving_options()
         self.healthy = False
         self._lock = threading.Lock()
         self._blocked: dict[tuple[str, str, int], str] = {}  # (model, alias, version) -> reason, logged once
 
     # -- discovery ---------------------------------------------------------------------------
+    @property
+    def tritons(self) -> list[TritonControl]:
+        """A control client per Triton replica, re-resolved on every call (replicas come and go)."""
+        endpoints = self.settings.triton_endpoints()
+        if not endpoints:
+            raise TritonControlError("no Triton replica resolved from MODELOPS_REGISTRY_TRITON_URLS")
+        for gone in set(self._tritons) - set(endpoints):
+            self._tritons.pop(gone).close()
+        return [self._tritons.setdefault(e, TritonControl(e, self.settings.load_timeout_s)) for e in endpoints]
+
     def managed_models(self) -> list[str]:
         """Registered models tagged ``modelops.managed=true``."""
         return managed_models(self.client)
@@ -233,21 +244,22 @@ class SyncController:
             outcome.routing = routing
             return outcome
 
+        tritons = self.tritons
         loaded_before = routing.loaded_versions()
         schemas = [self._schema(model, v) for v in sorted(wanted)]
         config = render_config(model, schemas, wanted, self.options)
         config_changed = write_config(self.root, model, config)
         new_versions = [v for v in sorted(wanted) if v not in loaded_before]
-        needs_load = config_changed or any(wanted - t.ready_versions(model) for t in self.tritons)
+        needs_load = config_changed or any(wanted - t.ready_versions(model) for t in tritons)
         if needs_load:
             try:
-                for t in self.tritons:
+                for t in tritons:
                     t.load(model)
                 for v in new_versions:
                     ref = Reference.model_validate_json(
                         (version_dir(self.root, model, v) / REFERENCE_FILE).read_bytes()
                     )
-                    for t in self.tritons:
+                    for t in tritons:
                         err = t.smoke_test(model, v, self._schema(model, v), ref)
                         log.info("smoke test %s v%d on %s: max abs error %.3g", model, v, t.url, err)
             except TritonControlError as exc:
