@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from modelops.processes import Service, ServiceFailed, port_in_use
 from modelops.settings import StackSettings
 from modelops.triton_runtime import TritonPorts, prepare_backends, triton_command, triton_environment
+from modelspec import Routing
 
 if TYPE_CHECKING:
     from registry.settings import RegistrySettings
@@ -56,6 +57,7 @@ class EmbeddedStack:
         """
         self.settings = settings
         self.bootstrap = bootstrap
+        self.default_model = os.environ.get("MODELOPS_GATEWAY_DEFAULT_MODEL", DEMO_MODEL)
         self.sync_interval_s = sync_interval_s
         self.mlflow: Service | None = None
         self.triton: Service | None = None
@@ -207,11 +209,16 @@ class EmbeddedStack:
 
         controller = SyncController(self.registry_settings())
         self.controller = controller
+        failures = []
         for outcome in controller.run_once():
             if outcome.error:
                 log.error("sync of %s: %s", outcome.model, outcome.error)
+                failures.append(f"{outcome.model}: {outcome.error}")
             elif outcome.routing and outcome.routing.champion:
                 log.info("serving %s v%d as champion", outcome.model, outcome.routing.champion)
+        served = Routing.read(self.settings.model_repository / self.default_model)
+        if failures and (served is None or served.champion is None):
+            raise StepFailed("nothing is served: " + "; ".join(failures))
         if self.settings.sync_metrics_port:
             from prometheus_client import start_http_server
 

@@ -115,7 +115,7 @@ class SyncController:
         # retries (minutes with an unreachable server) would stall every pass.
         for name, value in (
             ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
-            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.2"),
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
             ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
         ):
             os.environ.setdefault(name, value)
