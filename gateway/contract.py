@@ -9,6 +9,7 @@ is a plain loop over dicts.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,11 @@ import numpy as np
 from gateway.errors import InvalidInput, PayloadTooLarge
 from modelspec import CategoricalFeature, ModelSchema, NumericFeature
 
+# Unknown field names are echoed in the error only when they look like a field name; anything
+# else (long, odd characters) is the client's payload and stays out of responses and logs.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -24,7 +30,7 @@ class Flag:
 
     record: int
     field: str
-    reason: str  # out_of_range | unknown_category
+    reason: str  # out_of_range | unknown_category (mapped to the declared fallback)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -74,12 +80,13 @@ def validate(schema: ModelSchema, body: Any, max_records: int) -> Batch:
     for i, record in enumerate(records):
         where = "" if single else f"[{i}]"
         if not isinstance(record, dict):
-            raise InvalidInput(f"record{where} must be a JSON object of named fields", field=f"body{where}")
-        extra = [k for k in record if k not in known]
-        if extra:
+            raise InvalidInput(f"record{where} must be a JSON object of named fields", field=where or "body")
+        if len(record) > len(known) or any(k not in known for k in record):
+            extra = next(k for k in record if k not in known)
+            shown = extra if _SAFE_NAME.fullmatch(extra) else "?"
             raise InvalidInput(
-                f"unknown field {extra[0]!r}; the fields are listed in the OpenAPI schema at /docs",
-                field=f"{where}{extra[0]}".lstrip("."),
+                "unknown field; the fields are listed in the OpenAPI schema at /docs and GET /models",
+                field=_path(where, shown),
             )
         for j, f in enumerate(numeric_features):
             numeric[i, j] = _numeric(f, record, i, where, flags)
@@ -105,9 +112,13 @@ def _numeric(f: NumericFeature, record: dict[str, Any], i: int, where: str, flag
         raise InvalidInput(f"field {f.name!r} must not be null", field=path)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"field {f.name!r} must be a number", field=path)
-    number = float(value)
-    if not math.isfinite(number):
-        raise InvalidInput(f"field {f.name!r} must be a finite number", field=path)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a double
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
+        # the model's tensor is float32: a larger magnitude would reach it as infinity
+        raise InvalidInput(f"field {f.name!r} must be a finite number (magnitude below 3.4e38)", field=path)
     if number < f.minimum or number > f.maximum:
         if f.range_policy == "reject":
             raise InvalidInput(
@@ -143,6 +154,12 @@ def request_body_schema(schema: ModelSchema | None, max_records: int) -> dict[st
     record: dict[str, Any] = (
         schema.record_json_schema() if schema else {"type": "object", "description": "model not served yet"}
     )
+    for prop in record.get("properties", {}).values():
+        types = prop.get("type")
+        if "number" in (types if isinstance(types, list) else [types]):
+            # what a float32 tensor can hold; beyond it validation answers 422
+            prop.setdefault("minimum", -_FLOAT32_MAX)
+            prop.setdefault("maximum", _FLOAT32_MAX)
     example = schema.example_record() if schema else {}
     return {
         "required": True,

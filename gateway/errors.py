@@ -40,11 +40,32 @@ class Unauthorized(GatewayError):
     code = "unauthorized"
 
 
+class Forbidden(GatewayError):
+    """403: the key is valid but not for this route, or the admin API is switched off."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class ModelNotFound(GatewayError):
     """404: no model of that name is served."""
 
     status_code = 404
     code = "model_not_found"
+
+
+class UnknownRequestId(GatewayError):
+    """404: feedback names a request id the gateway never answered or has forgotten (retention)."""
+
+    status_code = 404
+    code = "unknown_request_id"
+
+
+class DuplicateFeedback(GatewayError):
+    """409: the outcome of this request id was already reported."""
+
+    status_code = 409
+    code = "duplicate_feedback"
 
 
 class PayloadTooLarge(GatewayError):
@@ -73,6 +94,13 @@ class Overloaded(GatewayError):
 
     status_code = 503
     code = "overloaded"
+
+
+class ShuttingDown(GatewayError):
+    """503: the gateway is draining before it stops; retry (another replica will answer)."""
+
+    status_code = 503
+    code = "shutting_down"
 
 
 class ModelNotReady(GatewayError):

@@ -2,7 +2,12 @@
 
 Only the sync controller writes ``routing.json``, after a version passed its smoke test in
 Triton; the gateway re-reads it when it changes, so a promotion or a rollback reaches the
-request path within ``routing_poll_s``. The schema of each served version is loaded once.
+request path within ``routing_poll_s``. The schema, training profile and manifest of each
+served version are read once (versions never change).
+
+Paths are built only from names that match :data:`~modelspec.schema.NAME_PATTERN` and integer
+versions, and every file read must resolve inside the repository: a model folder that is a
+symlink out of it is ignored, so no request can reach a file outside the repository.
 """
 
 from __future__ import annotations
@@ -13,10 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ModelNotFound, ModelNotReady
-from modelspec import ROUTING_FILE, SCHEMA_FILE, ModelSchema, Routing
+from modelspec import (
+    MANIFEST_FILE,
+    PROFILE_FILE,
+    ROUTING_FILE,
+    SCHEMA_FILE,
+    Manifest,
+    ModelSchema,
+    NumericFeature,
+    Routing,
+    TrainingProfile,
+)
 from modelspec.schema import NAME_PATTERN
 
 log = logging.getLogger(__name__)
+
+_NAME = re.compile(NAME_PATTERN)
+_MAX_BATCH = re.compile(r"^\s*max_batch_size\s*:\s*(\d+)", re.MULTILINE)
+CONFIG_FILE = "config.pbtxt"
 
 
 @dataclass(frozen=True)
@@ -30,20 +49,46 @@ class Target:
     run_id: str | None
 
 
-class ServedModels:
-    """Cache of routing documents and schemas under a model repository."""
+def valid_model_name(name: str) -> bool:
+    """Whether ``name`` can be a served model (lower snake case: safe in paths, URLs and labels)."""
+    return bool(_NAME.fullmatch(name))
 
-    def __init__(self, root: Path) -> None:
+
+class ServedModels:
+    """Cache of routing documents and per-version documents under a model repository."""
+
+    def __init__(self, root: Path, range_policy_overrides: dict[str, str] | None = None) -> None:
+        """Args:
+        root: the model repository.
+        range_policy_overrides: ``{"<model>.<feature>" | "<model>.*": "reject" | "flag"}``
+            replacing the schema's out-of-range policy.
+        """
         self.root = root
+        self._real_root = root.resolve()
+        self._overrides = range_policy_overrides or {}
         self._routing: dict[str, tuple[float, Routing]] = {}
         self._schemas: dict[tuple[str, int], ModelSchema] = {}
+        self._profiles: dict[tuple[str, int], TrainingProfile | None] = {}
+        self._manifests: dict[tuple[str, int], Manifest | None] = {}
+        self._max_batch: dict[str, tuple[int, int | None]] = {}
+
+    def _inside(self, path: Path) -> bool:
+        try:
+            return path.resolve().is_relative_to(self._real_root)
+        except OSError:
+            return False
 
     def refresh(self) -> None:
         """Re-read every ``routing.json`` whose modification time changed."""
         if not self.root.is_dir():
             return
+        seen: set[str] = set()
         for path in self.root.glob(f"*/{ROUTING_FILE}"):
             name = path.parent.name
+            if not valid_model_name(name) or not self._inside(path):
+                log.warning("ignoring %s: not a model folder inside the repository", path.parent)
+                continue
+            seen.add(name)
             try:
                 mtime = path.stat().st_mtime_ns
                 cached = self._routing.get(name)
@@ -56,6 +101,9 @@ class ServedModels:
             if cached is None or cached[1].champion != routing.champion or cached[1].challenger != routing.challenger:
                 log.info("routing of %s: champion v%s, challenger v%s", name, routing.champion, routing.challenger)
             self._routing[name] = (mtime, routing)
+        for gone in set(self._routing) - seen:
+            log.info("model %s is no longer served", gone)
+            del self._routing[gone]
 
     def models(self) -> dict[str, Routing]:
         """Routing of every served model."""
@@ -63,26 +111,94 @@ class ServedModels:
 
     def routing(self, model: str) -> Routing:
         """Routing of ``model``; ModelNotFound when it is not served."""
-        if not re.fullmatch(NAME_PATTERN, model):
+        if not valid_model_name(model):
             raise ModelNotFound("no such model: model names are lower-case letters, digits and '_'", field="model")
         entry = self._routing.get(model)
         if entry is None:
             raise ModelNotFound(f"model {model!r} is not served; GET /models lists the served models", field="model")
         return entry[1]
 
+    def _version_file(self, model: str, version: int, filename: str) -> Path:
+        if not valid_model_name(model) or not isinstance(version, int) or version < 0:
+            raise ModelNotFound("no such model version", field="model")
+        path = self.root / model / str(version) / filename
+        if not self._inside(path):
+            raise ModelNotFound("no such model version", field="model")
+        return path
+
     def schema(self, model: str, version: int) -> ModelSchema:
-        """Schema of one served version (read once, versions never change)."""
+        """Schema of one served version (read once, versions never change), overrides applied."""
         key = (model, version)
         if key not in self._schemas:
-            path = self.root / model / str(version) / SCHEMA_FILE
+            path = self._version_file(model, version, SCHEMA_FILE)
             try:
-                self._schemas[key] = ModelSchema.model_validate_json(path.read_bytes())
+                schema = ModelSchema.model_validate_json(path.read_bytes())
             except (OSError, ValueError) as exc:
                 raise ModelNotReady(
                     f"model {model!r} version {version} is not available yet; retry shortly",
                     headers={"Retry-After": "1"},
                 ) from exc
+            self._schemas[key] = self._apply_overrides(schema)
         return self._schemas[key]
+
+    def _apply_overrides(self, schema: ModelSchema) -> ModelSchema:
+        if not self._overrides:
+            return schema
+        features = []
+        for f in schema.features:
+            policy = self._overrides.get(f"{schema.model_name}.{f.name}") or self._overrides.get(
+                f"{schema.model_name}.*"
+            )
+            if isinstance(f, NumericFeature) and policy is not None and policy != f.range_policy:
+                f = f.model_copy(update={"range_policy": policy})
+            features.append(f)
+        return schema.model_copy(update={"features": features})
+
+    def profile(self, model: str, version: int) -> TrainingProfile | None:
+        """Training profile of a version (the drift baseline); None when it cannot be read."""
+        key = (model, version)
+        if key not in self._profiles:
+            try:
+                path = self._version_file(model, version, PROFILE_FILE)
+                self._profiles[key] = TrainingProfile.model_validate_json(path.read_bytes())
+            except (OSError, ValueError, ModelNotFound) as exc:
+                log.warning("no training profile for %s v%d (no drift metrics): %s", model, version, exc)
+                self._profiles[key] = None
+        return self._profiles[key]
+
+    def manifest(self, model: str, version: int) -> Manifest | None:
+        """Lineage and trained metrics of a version; None when it cannot be read."""
+        key = (model, version)
+        if key not in self._manifests:
+            try:
+                path = self._version_file(model, version, MANIFEST_FILE)
+                self._manifests[key] = Manifest.model_validate_json(path.read_bytes())
+            except (OSError, ValueError, ModelNotFound) as exc:
+                log.warning("no manifest for %s v%d: %s", model, version, exc)
+                self._manifests[key] = None
+        return self._manifests[key]
+
+    def max_batch_size(self, model: str) -> int | None:
+        """``max_batch_size`` of the model's ``config.pbtxt`` (re-read when it changes); None when unknown or 0.
+
+        Triton refuses a request with more rows than this, so larger requests are split.
+        """
+        path = self.root / model / CONFIG_FILE
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        cached = self._max_batch.get(model)
+        if cached is None or cached[0] != mtime:
+            size: int | None = None
+            try:
+                match = _MAX_BATCH.search(path.read_text()) if self._inside(path) else None
+                size = int(match.group(1)) if match and int(match.group(1)) > 0 else None
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s: %s", path, exc)
+            cached = (mtime, size)
+            self._max_batch[model] = cached
+        return cached[1]
 
     def target(self, model: str, alias: str = "champion") -> Target:
         """The version of ``model`` behind ``alias``."""

@@ -8,6 +8,7 @@ else -> 502 (:class:`UpstreamError`).
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -17,6 +18,29 @@ from tritonclient.utils import InferenceServerException
 from gateway.errors import ModelNotReady, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
+
+
+class InferenceClient(Protocol):
+    """What the gateway needs from an inference server (:class:`TritonClient`; a fake in unit tests)."""
+
+    async def close(self) -> None:
+        """Release the connection."""
+
+    async def server_ready(self) -> bool:
+        """Whether the server answers and is ready."""
+
+    async def model_ready(self, model: str, version: int) -> bool:
+        """Whether ``model`` ``version`` is loaded and ready."""
+
+    async def infer(
+        self,
+        model: str,
+        version: int,
+        tensors: dict[str, np.ndarray],
+        outputs: list[str],
+        request_id: str = "",
+    ) -> dict[str, np.ndarray]:
+        """Run one inference on an explicit version; return the named output arrays."""
 
 
 class TritonClient:

@@ -228,11 +228,24 @@ class EmbeddedStack:
 
     def _start_gateway(self) -> None:
         s = self.settings
-        env = dict(
-            os.environ,
+        state = (s.state_dir / "gateway").resolve()
+        state.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(
             MODELOPS_GATEWAY_TRITON_GRPC_URL=self.triton_grpc,
             MODELOPS_GATEWAY_MODEL_REPOSITORY=str(s.model_repository.resolve()),
         )
+        # Defaults the operator can override: audit log, feedback join store and traffic policy
+        # live under the state folder, shared by every worker.
+        audit = "gateway-audit-{pid}.jsonl" if s.gateway_workers > 1 else "gateway-audit.jsonl"
+        env.setdefault("MODELOPS_GATEWAY_AUDIT_LOG_PATH", str(s.logs.resolve() / audit))
+        env.setdefault("MODELOPS_GATEWAY_FEEDBACK_DB_PATH", str(state / "feedback.db"))
+        env.setdefault("MODELOPS_GATEWAY_TRAFFIC_POLICY_PATH", str(state / "traffic.json"))
+        if s.gateway_workers > 1:
+            metrics_dir = state / "prometheus-multiproc"
+            shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files would add old counts
+            metrics_dir.mkdir()
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         self.gateway = Service(
             name="gateway",
             command=[

@@ -41,7 +41,16 @@ class TritonPorts:
 def _pytriton_package() -> Path:
     # Located without importing it: importing pytriton pulls tritonclient, which a GPU host
     # that only runs the server may not have.
-    spec = importlib.util.find_spec("pytriton")
+    loaded = sys.modules.get("pytriton")
+    if loaded is not None:  # already imported, or stubbed by a host without its client (GPU check)
+        where = getattr(loaded, "__file__", None) or next(iter(getattr(loaded, "__path__", [])), None)
+        if where:
+            path = Path(where).resolve()
+            return path.parent if path.is_file() else path
+    try:
+        spec = importlib.util.find_spec("pytriton")
+    except ValueError:
+        spec = None
     if spec is None or not spec.origin:
         raise TritonNotInstalled(
             "tritonserver comes from the nvidia-pytriton wheel: run `make install` (or "
