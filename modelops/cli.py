@@ -124,20 +124,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _announce(model: str, version: int) -> int:
+    log.info("registered %s version %d; promote it with `modelops promote %s %d`", model, version, model, version)
+    return 0
+
+
 def cmd_train_demo(args: argparse.Namespace) -> int:
     """Train and register a new version of the demo model (no alias is moved)."""
     from modelops.demo import train_and_register_demo
 
     rs = _registry_settings(StackSettings())
     version = train_and_register_demo(rs, epochs=args.epochs, seed=args.seed)
-    log.info(
-        "registered %s version %d; promote it with `modelops promote %s %d`",
-        version.name,
-        version.version,
-        version.name,
-        version.version,
-    )
-    return 0
+    return _announce(version.name, version.version)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -262,14 +260,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     version = register_model(
         module, _read_table(args.data), name=args.name, target=args.target, schema=schema, settings=rs
     )
-    log.info(
-        "registered %s version %d; promote it with `modelops promote %s %d`",
-        version.name,
-        version.version,
-        version.name,
-        version.version,
-    )
-    return 0
+    return _announce(version.name, version.version)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
