@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,11 +93,18 @@ def train_and_promote(rs: Any, trained: Trained, epochs: int = TEST_EPOCHS, seed
     return version.version
 
 
+def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
+    # pytest runs fixture teardown on KeyboardInterrupt but not on SIGTERM: without this, a
+    # terminated test session would leave its servers running.
+    raise KeyboardInterrupt
+
+
 @pytest.fixture(scope="session")
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """The whole embedded stack, started once per test session."""
     from mlflow import MlflowClient
 
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     settings = stack_settings(tmp_path_factory.mktemp("stack"))
     trained = Trained()
 
