@@ -1,0 +1,18 @@
+"""Load tests as release gates, and comparisons of serving paths (``modelops bench``).
+
+- :mod:`benchmarks.cli`: the ``bench`` sub-command (``add_bench_parser``).
+- :mod:`benchmarks.gate`: one gated run of the gateway's ``/predict`` against a budgets file.
+- :mod:`benchmarks.compare`: ``--compare``: gateway, Triton directly, Triton without dynamic
+  batching and ``mlflow models serve``, side by side, as ratios.
+- :mod:`benchmarks.budget`: the budgets file (``budgets/<model>.yaml``) and its verdicts.
+- :mod:`benchmarks.payloads`: records generated from the served schema, encoded per target.
+- :mod:`benchmarks.loadrun`: runs Locust (:mod:`benchmarks.locustfile`) as its own process.
+- :mod:`benchmarks.stats`: exact percentiles, per-second series, load-generator saturation.
+- :mod:`benchmarks.report`: JSON summary, verdict table, HTML report with plots.
+- :mod:`benchmarks.recording`: the result on the MLflow model version (tags, metrics, artifacts).
+- :mod:`benchmarks.servers`: the temporary Triton and ``mlflow models serve`` a comparison starts.
+- ``gpu_check.py`` and :mod:`benchmarks.gpu`: the GPU check of the embedded Triton (docs/gpu.md).
+
+The driver talks HTTP to what it measures and never imports Locust: Locust runs as its own
+process (importing it next to torch or MLflow crashed, see GROUND.md).
+"""
