@@ -350,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
 
+    from benchmarks.cli import add_bench_parser
+
+    add_bench_parser(sub)
+
     rs = sub.add_parser("reset", help="delete the embedded stack's state")
     rs.add_argument("--yes", action="store_true")
     rs.set_defaults(fn=cmd_reset)
