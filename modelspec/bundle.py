@@ -96,6 +96,19 @@ class Routing(BaseModel):
         write_atomic(model_dir / ROUTING_FILE, self.model_dump_json(indent=2).encode())
 
 
+def write_bundle_documents(
+    bundle: Path, schema: BaseModel, profile: BaseModel, reference: Reference, manifest: Manifest
+) -> None:
+    """Write the JSON documents of a version bundle (the model files are written by the export)."""
+    for name, doc in (
+        (SCHEMA_FILE, schema),
+        (PROFILE_FILE, profile),
+        (REFERENCE_FILE, reference),
+        (MANIFEST_FILE, manifest),
+    ):
+        (bundle / name).write_text(doc.model_dump_json(indent=2))
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new content, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)

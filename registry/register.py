@@ -17,15 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modelspec import (
-    MANIFEST_FILE,
-    PROFILE_FILE,
-    REFERENCE_FILE,
-    SCHEMA_FILE,
-    Manifest,
-    ModelSchema,
-)
-from modelspec.bundle import MODEL_FILE, TORCH_MODEL_FILE
+from modelspec import Manifest, ModelSchema
+from modelspec.bundle import MODEL_FILE, TORCH_MODEL_FILE, write_bundle_documents
 from registry.export import export_onnx, export_torchscript
 from registry.profiling import build_profile
 from registry.settings import RegistrySettings
@@ -151,10 +144,7 @@ def register_trained(
             metrics=result.metrics,
             params=result.params,
         )
-        (bundle / SCHEMA_FILE).write_text(schema.model_dump_json(indent=2))
-        (bundle / PROFILE_FILE).write_text(profile.model_dump_json(indent=2))
-        (bundle / REFERENCE_FILE).write_text(exported.reference.model_dump_json(indent=2))
-        (bundle / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+        write_bundle_documents(bundle, schema, profile, exported.reference, manifest)
         mlflow.log_artifacts(str(bundle), BUNDLE_ARTIFACT_PATH)
         mlflow.log_dict(schema.model_dump(mode="json"), "feature_schema.json")
 

@@ -101,15 +101,7 @@ def build_repository(
     """
     import torch
 
-    from modelspec.bundle import (
-        MANIFEST_FILE,
-        MODEL_FILE,
-        PROFILE_FILE,
-        REFERENCE_FILE,
-        SCHEMA_FILE,
-        TORCH_MODEL_FILE,
-        Manifest,
-    )
+    from modelspec.bundle import MODEL_FILE, TORCH_MODEL_FILE, Manifest, write_bundle_documents
     from registry.demo_data import demo_schema, load_demo_dataset
     from registry.export import export_onnx, export_torchscript
     from registry.profiling import build_profile
@@ -145,10 +137,7 @@ def build_repository(
             metrics=result.metrics,
             params=result.params,
         )
-        (bundle / SCHEMA_FILE).write_text(schema.model_dump_json(indent=2))
-        (bundle / PROFILE_FILE).write_text(profile.model_dump_json(indent=2))
-        (bundle / REFERENCE_FILE).write_text(onnx_export.reference.model_dump_json(indent=2))
-        (bundle / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+        write_bundle_documents(bundle, schema, profile, onnx_export.reference, manifest)
         variants = plan_variants(schema.model_name, device, instances, max_batch_size, delay)
         for v in variants:
             materialize_version(repository, v.name, VERSION, bundle)
