@@ -29,6 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from gateway.audit import AuditEntry, AuditLog
 from gateway.contract import Batch, request_body_schema, validate
@@ -290,14 +292,16 @@ class Gateway:
         route = "/predict"
         request_id = request_id_of(request)
         outcome = _Outcome()
+        metrics = self.metrics
         if self.in_flight >= self.settings.max_in_flight:
-            self.metrics.requests.labels(model, "", route, "503", Overloaded.code).inc()
+            metrics.child(metrics.requests, self._model_label(model), "", route, "503", Overloaded.code).inc()
             raise Overloaded(
                 "too many requests in flight; retry shortly",
                 headers={"Retry-After": "1", "x-request-id": request_id},
             )
         self.in_flight += 1
-        self.metrics.in_flight.labels(route).inc()
+        in_flight = metrics.child(metrics.in_flight, route)
+        in_flight.inc()
         try:
             target, _policy, shadow = self._choose(model)
             outcome.target = target
@@ -308,7 +312,7 @@ class Gateway:
             batch = validate(target.schema, body, self.settings.max_records)
             outcome.records, outcome.flags = batch.rows, len(batch.flags)
             version = str(target.version)
-            self.metrics.records.labels(model).observe(batch.rows)
+            metrics.child(metrics.records, model).observe(batch.rows)
             for flag in batch.flags:
                 self.metrics.flags.labels(model, version, flag.field, flag.reason).inc()
             matrix = await self._infer(target, batch, request_id)
@@ -340,12 +344,18 @@ class Gateway:
             raise
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.labels(route).dec()
+            in_flight.dec()
             elapsed = time.perf_counter() - started
             version_label = str(outcome.target.version) if outcome.target else ""
-            self.metrics.requests.labels(model, version_label, route, str(outcome.status), outcome.code).inc()
-            self.metrics.latency.labels(model, version_label, route).observe(elapsed)
+            label = model if outcome.target else self._model_label(model)
+            metrics.child(metrics.requests, label, version_label, route, str(outcome.status), outcome.code).inc()
+            metrics.child(metrics.latency, label, version_label, route).observe(elapsed)
             self._audit(wall, request_id, route, model, outcome, elapsed)
+
+    def _model_label(self, model: str) -> str:
+        """``model`` when it is served, else ``_unknown``: clients choose the name in the URL, and
+        every name they try must not become a metric series."""
+        return model if model in self.models.models() else "_unknown"
 
     def _audit(self, wall: float, request_id: str, route: str, model: str, o: _Outcome, elapsed: float) -> None:
         if self.audit is None:
@@ -376,7 +386,8 @@ class Gateway:
         try:
             return await self._infer_quiet(target, batch, request_id)
         finally:
-            self.metrics.triton_latency.labels(target.model, str(target.version)).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.child(self.metrics.triton_latency, target.model, str(target.version)).observe(elapsed)
 
     def _observe(self, target: Target, batch: Batch, matrix: np.ndarray, request_id: str) -> None:
         """Drift window and feedback store of an answered batch (cheap: no I/O on this thread)."""
@@ -597,7 +608,56 @@ class Gateway:
             return False
 
 
-def create_app(settings: GatewaySettings | None = None, client_factory: ClientFactory | None = None) -> FastAPI:
+class GatewayApp(FastAPI):
+    """The FastAPI app, with ``POST /predict`` and ``POST /models/{name}/predict`` served without
+    FastAPI's per-request machinery.
+
+    Routing, dependency resolution, middleware and response validation cost about as much CPU as
+    the rest of a prediction; the two predict routes need none of it, so :meth:`__call__` hands
+    them straight to :meth:`Gateway.predict` and answers errors itself, with the same bodies,
+    statuses and headers the registered routes give (they stay registered, for the OpenAPI
+    document and for anything this shortcut does not take, e.g. an over-long model name).
+    """
+
+    gateway: Gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: the predict routes directly, everything else through FastAPI."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            model = self._predict_model(scope["path"])
+            if model is not None:
+                await self._predict(scope, receive, send, model)
+                return
+        await super().__call__(scope, receive, send)
+
+    def _predict_model(self, path: str) -> str | None:
+        if path == "/predict":
+            return self.gateway.settings.default_model
+        if path.startswith("/models/") and path.endswith("/predict"):
+            name = path[8:-8]
+            if 0 < len(name) <= 64 and "/" not in name:
+                return name
+        return None
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
+        gw = self.gateway
+        request = Request(scope, receive)
+        try:
+            if gw.settings.api_keys:
+                check_bearer(request, gw.settings.api_keys)
+            response = await gw.predict(request, model)
+        except GatewayError as exc:
+            response = JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+        except ClientDisconnect:
+            return  # nobody is left to answer
+        except Exception as exc:
+            log.error("unexpected error", exc_info=exc)
+            body = {"error": {"code": "internal_error", "message": "internal error; it was logged", "field": None}}
+            response = JSONResponse(body, status_code=500)
+        await response(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings | None = None, client_factory: ClientFactory | None = None) -> GatewayApp:
     """Build the gateway app. Nothing connects until the lifespan starts.
 
     Args:
@@ -631,7 +691,7 @@ def create_app(settings: GatewaySettings | None = None, client_factory: ClientFa
             _mark_process_dead()
             log.info("gateway stopped")
 
-    app = FastAPI(
+    app = GatewayApp(
         title="modelops gateway",
         version="1",
         description="Stable prediction contract in front of Triton. Every error has the shape "
@@ -639,6 +699,7 @@ def create_app(settings: GatewaySettings | None = None, client_factory: ClientFa
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    app.gateway = gw
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:

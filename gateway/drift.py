@@ -1,10 +1,10 @@
 """Drift: live inputs and predictions against the training profile stored with each version.
 
 Each served version gets a rolling window of its last ``drift_window`` records. On the request
-path a batch is only binned (one vectorised comparison against the profile's quantile edges) and
-written into a ring buffer; the population stability index (:func:`modelspec.profile.psi`) of
-every feature and output is computed when ``/metrics`` is scraped, over the same bins the
-training profile used, missing values as a bin of their own. A window with fewer than
+path a batch is only copied into ring buffers (the model's own tensors and its predictions);
+binning against the profile's quantile edges and the population stability index
+(:func:`modelspec.profile.psi`) of every feature and output are computed when ``/metrics`` is
+scraped, over the same bins the training profile used, missing values as a bin of their own. A window with fewer than
 ``drift_min_records`` records exports nothing: PSI of a small sample is biased upwards
 (about ``bins / n``).
 
@@ -57,6 +57,11 @@ class _Binner:
         x = np.asarray(matrix, dtype=np.float32)
         if self.columns != list(range(x.shape[1])):
             x = x[:, self.columns]
+        return self.bins_of_selected(x)
+
+    def bins_of_selected(self, x: np.ndarray) -> np.ndarray:
+        """``[rows, k]`` bin indices of a matrix whose columns are already ``columns``, in order."""
+        x = np.asarray(x, dtype=np.float32)
         # Compare in float32, the dtype of the tensor: a value sent as 18.9 then falls in the same
         # bin as the training value 18.9 did against the edge 18.9.
         counts: np.ndarray = (x[:, :, None] >= self.edges).sum(axis=2, dtype=np.int16)
@@ -67,10 +72,10 @@ class _Binner:
 
 
 class _Ring:
-    """The last ``size`` rows of a ``[rows, width]`` int16 stream."""
+    """The last ``size`` rows of a ``[rows, width]`` stream."""
 
-    def __init__(self, size: int, width: int) -> None:
-        self.buffer = np.zeros((size, width), dtype=np.int16)
+    def __init__(self, size: int, width: int, dtype: type[np.generic]) -> None:
+        self.buffer = np.zeros((size, width), dtype=dtype)
         self.size = size
         self.pos = 0
         self.filled = 0
@@ -91,9 +96,21 @@ class _Ring:
         self.pos = end % self.size
         self.filled = min(self.size, self.filled + n)
 
-    def shares(self, column: int, length: int) -> np.ndarray:
-        counts = np.bincount(self.buffer[: self.filled, column], minlength=length)[:length]
-        return counts / max(self.filled, 1)
+    def rows(self) -> np.ndarray:
+        """The rows held (in ring order, which PSI does not care about)."""
+        return self.buffer[: self.filled]
+
+
+def _select(matrix: np.ndarray, columns: list[int]) -> np.ndarray:
+    """``matrix[:, columns]``, without a copy when that is every column in order."""
+    if len(columns) == matrix.shape[1] and columns == list(range(len(columns))):
+        return matrix
+    return matrix[:, columns]
+
+
+def _shares(binned: np.ndarray, column: int, length: int) -> np.ndarray:
+    counts = np.bincount(binned[:, column], minlength=length)[:length]
+    return counts / max(binned.shape[0], 1)
 
 
 class VersionWindow:
@@ -111,9 +128,9 @@ class VersionWindow:
                 continue
             shares = np.array([cp.proportions.get(k, 0.0) for k in c.categories]) * (1.0 - cp.missing_rate)
             self.categorical.append((c.name, j, np.append(shares, cp.missing_rate)))
-        self._numeric = _Ring(size, len(self.numeric.names))
-        self._categorical = _Ring(size, len(self.categorical))
-        self._outputs = _Ring(size, len(self.outputs.names))
+        self._numeric = _Ring(size, len(self.numeric.names), np.float32)
+        self._categorical = _Ring(size, len(self.categorical), np.int64)
+        self._outputs = _Ring(size, len(self.outputs.names), np.float32)
         self._cat_columns = [j for _n, j, _e in self.categorical]
 
     @property
@@ -123,27 +140,27 @@ class VersionWindow:
 
     def add(self, numeric: np.ndarray, categorical: np.ndarray, outputs: np.ndarray) -> None:
         """Add one validated batch and its predictions (``[rows, n_outputs]``)."""
-        self._numeric.add(self.numeric.bins(numeric))
-        self._categorical.add(categorical[:, self._cat_columns])
-        self._outputs.add(self.outputs.bins(outputs))
+        self._numeric.add(_select(numeric, self.numeric.columns))
+        self._categorical.add(_select(categorical, self._cat_columns))
+        self._outputs.add(_select(outputs, self.outputs.columns))
 
     def feature_psi(self) -> dict[str, float]:
         """PSI of every profiled input feature over the window."""
         out = {}
+        binned = self.numeric.bins_of_selected(self._numeric.rows())
         for j, name in enumerate(self.numeric.names):
             expected = self.numeric.expected[j]
-            out[name] = psi(expected.tolist(), self._numeric.shares(j, len(expected)).tolist())
+            out[name] = psi(expected.tolist(), _shares(binned, j, len(expected)).tolist())
+        categories = self._categorical.rows()
         for j, (name, _col, expected) in enumerate(self.categorical):
-            out[name] = psi(expected.tolist(), self._categorical.shares(j, len(expected)).tolist())
+            out[name] = psi(expected.tolist(), _shares(categories, j, len(expected)).tolist())
         return out
 
     def prediction_psi(self) -> dict[str, float]:
         """PSI of every profiled output over the window."""
+        binned = self.outputs.bins_of_selected(self._outputs.rows())
         return {
-            name: psi(
-                self.outputs.expected[j].tolist(),
-                self._outputs.shares(j, len(self.outputs.expected[j])).tolist(),
-            )
+            name: psi(self.outputs.expected[j].tolist(), _shares(binned, j, len(self.outputs.expected[j])).tolist())
             for j, name in enumerate(self.outputs.names)
         }
 

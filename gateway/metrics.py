@@ -17,9 +17,11 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
@@ -44,6 +46,9 @@ RECORD_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 DISAGREEMENT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0)
 
 
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
 def multiprocess_dir() -> str | None:
     """The prometheus-client multiprocess folder, when the process runs in that mode."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -55,6 +60,7 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.collectors: list[Collector] = []
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         r = self.registry
         self.requests = Counter(
             "modelops_gateway_requests",
@@ -135,6 +141,17 @@ class GatewayMetrics:
             ["writer"],
             registry=r,
         )
+
+    def child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, remembered: the request path skips the label checks and the lock.
+
+        Only for labels of bounded cardinality (served models and versions, routes, statuses, codes).
+        """
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]
 
     def add_collector(self, collector: Collector) -> None:
         """Register a scrape-time collector."""

@@ -233,6 +233,7 @@ class EmbeddedStack:
         env = dict(os.environ)
         env.update(
             MODELOPS_GATEWAY_TRITON_GRPC_URL=self.triton_grpc,
+            MODELOPS_GATEWAY_TRITON_HTTP_URL=self.triton_http,
             MODELOPS_GATEWAY_MODEL_REPOSITORY=str(s.model_repository.resolve()),
         )
         # Defaults the operator can override: audit log, feedback join store and traffic policy

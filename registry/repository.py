@@ -47,7 +47,7 @@ class ServingOptions:
     max_queue_delay_us: int = 500
     dynamic_batching: bool = True
     instance_count: int = 1
-    ort_threads: int = 0
+    ort_threads: int = 1
     tensorrt_fp16: bool = False
 
 
@@ -103,6 +103,11 @@ def render_config(name: str, schemas: Iterable[ModelSchema], versions: Iterable[
         )
     if opts.target == "embedded":
         lines.append(f'parameters: {{ key: "ort_threads" value: {{ string_value: "{opts.ort_threads}" }} }}')
+    elif opts.ort_threads > 0 and not opts.gpu:
+        # Triton's onnxruntime backend reads the same knob under this name.
+        lines.append(
+            f'parameters: {{ key: "intra_op_thread_count" value: {{ string_value: "{opts.ort_threads}" }} }}'
+        )
     text = "\n".join(lines) + "\n"
     validate_config(text, expected_name=name)
     return text

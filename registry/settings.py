@@ -47,7 +47,14 @@ class RegistrySettings(BaseSettings):
         500, ge=0, le=1_000_000, description="Dynamic batching: longest wait to fill a batch, microseconds."
     )
     instance_count: int = Field(1, ge=1, le=64, description="Model instances per device.")
-    ort_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads per instance (0 = default).")
+    ort_threads: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="onnxruntime intra-op threads per CPU instance (0 = onnxruntime's default, one per core). "
+        "1 suits small tabular models, where Triton batches and more threads only add hand-offs; raise it for "
+        "large models on CPU hosts with spare cores.",
+    )
     sync_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between reconcile passes in watch mode.")
     load_timeout_s: float = Field(120.0, gt=0, description="Longest wait for Triton to load a model.")
     quality_margin: float = Field(

@@ -90,6 +90,9 @@ class OnnxRuntimeEngine:
         if threads > 0:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        # Idle intra-op threads spin by default, burning the cores that Triton's front end, the
+        # gateway and the other instances need between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = ["CPUExecutionProvider"]
         if gpu_id is not None:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu_id}))
