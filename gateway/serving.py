@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from modelspec.schema import NAME_PATTERN
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(NAME_PATTERN)
+MAX_BATCH_RECHECK_S = 0.5
+"""How stale the max_batch_size of a model may be (its config only changes when the sync controller loads a version)."""
 _MAX_BATCH = re.compile(r"^\s*max_batch_size\s*:\s*(\d+)", re.MULTILINE)
 CONFIG_FILE = "config.pbtxt"
 
@@ -71,6 +74,7 @@ class ServedModels:
         self._profiles: dict[tuple[str, int], TrainingProfile | None] = {}
         self._manifests: dict[tuple[str, int], Manifest | None] = {}
         self._max_batch: dict[str, tuple[int, int | None]] = {}
+        self._max_batch_checked: dict[str, tuple[float, int | None]] = {}
 
     def _inside(self, path: Path) -> bool:
         try:
@@ -181,8 +185,18 @@ class ServedModels:
     def max_batch_size(self, model: str) -> int | None:
         """``max_batch_size`` of the model's ``config.pbtxt`` (re-read when it changes); None when unknown or 0.
 
-        Triton refuses a request with more rows than this, so larger requests are split.
+        Triton refuses a request with more rows than this, so larger requests are split. The file
+        is looked at once per ``MAX_BATCH_RECHECK_S`` at most (this runs for every request).
         """
+        checked = self._max_batch_checked.get(model)
+        now = time.monotonic()
+        if checked is not None and now - checked[0] < MAX_BATCH_RECHECK_S:
+            return checked[1]
+        size = self._read_max_batch_size(model)
+        self._max_batch_checked[model] = (now, size)
+        return size
+
+    def _read_max_batch_size(self, model: str) -> int | None:
         path = self.root / model / CONFIG_FILE
         try:
             mtime = path.stat().st_mtime_ns
