@@ -10,7 +10,8 @@ Variants (each optional):
   instead (:class:`benchmarks.servers.MlflowModelServer`).
 
 Every variant gets the same records (generated from the served version's schema), first checked
-to give the same predictions, then two Locust runs: a paced run at a fixed low request rate
+to give the same predictions, then two load runs (Locust, or the asyncio engine with
+``--load-engine asyncio``, :mod:`benchmarks.asyncload`): a paced run at a fixed low request rate
 (latency at fixed load) and a closed-loop run in steps of concurrent users (throughput, and
 throughput while p95 stays within the budget). A sweep of records per request on the gateway
 shows how rows per second grow with batch size. Numbers on a shared machine move with its
@@ -35,7 +36,7 @@ import numpy as np
 import orjson
 
 from benchmarks.gate import VERSION_HEADER, ServedModel, discover, machine_facts
-from benchmarks.loadrun import HttpTarget, Load, run_load
+from benchmarks.loadrun import HttpTarget, Load, LoadEngine, run_load
 from benchmarks.machine import read_cpu_times
 from benchmarks.payloads import (
     PreparedRequest,
@@ -79,6 +80,8 @@ REQUEST_POOL = 256
 AGREEMENT_TOLERANCE = 1e-3
 """Largest relative difference between two variants' predictions on the same records."""
 AGREEMENT_REQUESTS = 8
+COMPARE_LOAD_ENGINE: LoadEngine = "locust"
+"""The comparison's load generator unless ``--load-engine`` says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class CompareOptions:
     processes: int = 1
     mlflow_workers: int = 1
     seed: int = 0
+    load_engine: LoadEngine = COMPARE_LOAD_ENGINE
+    """Which load generator sends every run (:data:`benchmarks.loadrun.ENGINES`)."""
 
 
 @dataclass(frozen=True)
@@ -265,7 +270,13 @@ def measure_variant(result: VariantResult, target: HttpTarget, opts: CompareOpti
     pace = opts.fixed_rps / opts.fixed_users
     fixed = run_load(
         target,
-        Load(users=opts.fixed_users, duration_s=opts.fixed_s, processes=opts.processes, pace_per_user=pace),
+        Load(
+            users=opts.fixed_users,
+            duration_s=opts.fixed_s,
+            processes=opts.processes,
+            pace_per_user=pace,
+            engine=opts.load_engine,
+        ),
         workdir / "fixed",
     )
     t_from, t_to = measurement_window(fixed.samples, min(opts.settle_s, opts.fixed_s / 3))
@@ -278,6 +289,7 @@ def measure_variant(result: VariantResult, target: HttpTarget, opts: CompareOpti
             duration_s=0,
             processes=opts.processes,
             steps=tuple((u, opts.step_s) for u in opts.steps),
+            engine=opts.load_engine,
         ),
         workdir / "steps",
     )
@@ -289,13 +301,14 @@ def measure_variant(result: VariantResult, target: HttpTarget, opts: CompareOpti
         stats = window_stats(ramp.samples, start, stop)
         result.steps.append(StepResult.of(users, stats, ramp.health_in(start, stop)))
         log.info(
-            "  %s %4d users: %7.0f req/s  p50 %6.1f ms  p95 %6.1f ms  errors %.2f%%  (Locust %.0f%% of a core)",
+            "  %s %4d users: %7.0f req/s  p50 %6.1f ms  p95 %6.1f ms  errors %.2f%%  (%s %.0f%% of a core)",
             result.name,
             users,
             stats.throughput_rps,
             stats.p50_ms,
             stats.p95_ms,
             stats.error_ratio * 100,
+            opts.load_engine,
             result.steps[-1].health.max_process_cpu * 100,
         )
     return result
@@ -310,9 +323,8 @@ def run_sweep(
         requests = build_requests(served, schema, k, opts.seed)["gateway"]
         ports = (_port(gateway_url), _port(opts.triton_url))
         target = HttpTarget(f"gateway x{k}", gateway_url, served.predict_path, requests, VERSION_HEADER, ports)
-        run = run_load(
-            target, Load(users=opts.sweep_users, duration_s=opts.sweep_s, processes=opts.processes), workdir / f"x{k}"
-        )
+        load = Load(users=opts.sweep_users, duration_s=opts.sweep_s, processes=opts.processes, engine=opts.load_engine)
+        run = run_load(target, load, workdir / f"x{k}")
         t_from, t_to = measurement_window(run.samples, min(opts.settle_s, opts.sweep_s / 3))
         stats = window_stats(run.samples, t_from, t_to)
         points.append(SweepPoint(k, stats, run.health_in(t_from, t_to)))
@@ -556,7 +568,7 @@ def judge_targets(outcome: CompareOutcome) -> list[Target]:
     gw_sat, tr_sat = _of(gw, _saturation), _of(tr, _saturation)
     sat = _ratio(gw_sat, tr_sat)
     # A saturated load generator makes a throughput a lower bound, so the ratio is a bound too.
-    sat_note = " (upper bound: Locust saturated on Triton)" if bound(tr, tr_sat) else ""
+    sat_note = " (upper bound: load generator saturated on Triton)" if bound(tr, tr_sat) else ""
     targets.append(
         Target(
             "gateway / Triton throughput at saturation",
@@ -574,7 +586,7 @@ def judge_targets(outcome: CompareOutcome) -> list[Target]:
 
     tr_at = _of(tr, at_users)
     batching = _ratio(tr_at, _of(nb, at_users))
-    batching_note = " (lower bound: Locust saturated on Triton)" if bound(tr, tr_at) else ""
+    batching_note = " (lower bound: load generator saturated on Triton)" if bound(tr, tr_at) else ""
     targets.append(
         Target(
             f"dynamic batching on / off, {opts.batching_users} users",
@@ -723,6 +735,7 @@ def to_document(outcome: CompareOutcome) -> dict[str, Any]:
         "version": outcome.served.version,
         "started_at": outcome.started_at,
         "machine": outcome.machine,
+        "load_generator": {"engine": opts.load_engine, "processes": opts.processes},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items()},
         "agreement_max_relative_diff": outcome.agreement,
         "variants": {
@@ -786,7 +799,7 @@ def _steps_html(outcome: CompareOutcome) -> str:
             "p99 ms",
             "errors",
             "server CPU ms/req",
-            "busiest Locust process",
+            "busiest load-generator process",
             "machine busy",
             "other work",
         ]
@@ -818,7 +831,8 @@ def _facts_line(outcome: CompareOutcome) -> str:
     rounds = outcome.options.rounds
     return (
         f"{outcome.started_at}; {m.get('cpus')} CPUs ({m.get('processor')}), {m.get('platform')}; {other} "
-        f"(load average {m.get('loadavg_before')}); "
+        f"(load average {m.get('loadavg_before')}); load generator {outcome.options.load_engine} "
+        f"({outcome.options.processes} sending process(es)); "
         f"{'median of ' + str(rounds) + ' rounds; ' if rounds > 1 else ''}predictions agree within "
         f"{max(outcome.agreement.values(), default=0.0):.1e} (relative)"
     )

@@ -1,11 +1,11 @@
 """``modelops bench``: load-test the gateway's public contract and hold the result against the budgets.
 
-One run: find out from the gateway which version serves the model and what its records look
-like (``GET /models``), generate valid records from that schema, load the gateway's predict
-route with Locust for the budgeted time, compute exact statistics after the warm-up, compare
-them with the model's budgets file, write ``summary.json`` and ``report.html``, and (unless told
-not to) record the outcome on the MLflow model version that answered. A broken budget makes the
-command exit 1, so a release pipeline can stop on it.
+One run: find out from the gateway which version serves the model and what its records look like
+(``GET /models``), generate valid records from that schema, load the gateway's predict route with
+Locust (or ``--load-engine asyncio``) for the budgeted time, compute exact statistics after the
+warm-up, compare them with the model's budgets file, write ``summary.json`` and ``report.html``, and
+(unless told not to) record the outcome on the MLflow model version that answered. A broken budget
+makes the command exit 1, so a release pipeline can stop on it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from benchmarks.budget import Budgets, Verdict, cost_per_1k, evaluate
-from benchmarks.loadrun import HttpTarget, Load, run_load
+from benchmarks.loadrun import HttpTarget, Load, LoadEngine, run_load
 from benchmarks.payloads import chunk, fields_from_record_schema, gateway_request, generate_records
 from benchmarks.report import cpu_account, run_report_html, verdict_table, write_json
 from benchmarks.stats import measurement_window, per_second, window_stats
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 REQUEST_POOL = 256
 """Distinct request bodies the load cycles through."""
 VERSION_HEADER = "x-model-version"
+GATE_LOAD_ENGINE: LoadEngine = "locust"
+"""The release gate's load generator unless ``--load-engine`` says otherwise."""
 
 
 class BenchError(RuntimeError):
@@ -135,15 +137,17 @@ def run_gate(
     processes: int = 1,
     seed: int = 0,
     triton_url: str | None = None,
+    load_engine: LoadEngine = GATE_LOAD_ENGINE,
 ) -> GateOutcome:
     """Load the gateway as ``budgets.load`` says and judge the result against ``budgets``.
 
     ``triton_url`` (when Triton runs on this machine) lets the report split the CPU use between
-    the servers, the load generator and other work.
+    the servers, the load generator and other work. ``load_engine`` picks the load generator
+    (:data:`benchmarks.loadrun.ENGINES`); the summary says which one it was.
 
     Raises:
         BenchError: the gateway is not reachable or does not serve the model.
-        benchmarks.loadrun.LoadRunFailed: Locust failed.
+        benchmarks.loadrun.LoadRunFailed: the load generator failed.
     """
     spec = budgets.load
     served = discover(gateway_url, model or budgets.model)
@@ -158,8 +162,9 @@ def run_gate(
         duration_s=spec.duration_s,
         spawn_rate=spec.spawn_rate,
         processes=processes,
+        engine=load_engine,
     )
-    result = run_load(target, load, report_dir / "locust")
+    result = run_load(target, load, report_dir / load_engine)
     samples = result.samples
     t_from, t_to = measurement_window(samples, spec.warmup_s)
     stats = window_stats(samples, t_from, t_to)
@@ -189,7 +194,7 @@ def run_gate(
         "started_at": started.isoformat(timespec="seconds"),
         "started_epoch": int(started.timestamp()),
         "machine": machine_facts(),
-        "load": {**spec.model_dump(), "processes": processes, "seed": seed},
+        "load": {**spec.model_dump(), "processes": processes, "seed": seed, "engine": load_engine},
         "budgets_file": str(budgets_path) if budgets_path else None,
         "budgets": budgets.model_dump(mode="json"),
         "result": stats.as_dict(),
@@ -230,7 +235,8 @@ def verdict_text(outcome: GateOutcome) -> str:
     lines = [
         f"load test of {s['model']} v{s['version']} at {s['target']}: {'PASSED' if outcome.passed else 'FAILED'}",
         f"{s['load']['users']} users, {s['load']['duration_s']:g} s, {s['load']['records_per_request']} record(s)"
-        f"/request; {r['requests']:,} requests measured, {r['throughput_rps']:.0f} req/s",
+        f"/request; {r['requests']:,} requests measured, {r['throughput_rps']:.0f} req/s; load generator "
+        f"{s['load'].get('engine', 'locust')} ({s['load']['processes']} process(es))",
         "",
         verdict_table(outcome.verdicts),
         "",

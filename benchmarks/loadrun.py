@@ -1,10 +1,17 @@
-"""Run Locust headless as its own process against one target and collect every sample.
+"""Run a load generator as its own process against one target and collect every sample.
 
-The driver never imports Locust: it writes a plan (target path, pre-encoded bodies, pacing,
-load steps), starts ``python -m locust -f benchmarks/locustfile.py`` with it, and reads back the
-samples and CPU use each Locust process wrote (:mod:`benchmarks.locustfile`). With ``processes``
-above one, Locust forks that many sending workers (``--processes``), for when one core of load
-generation is not enough; :func:`benchmarks.stats.generator_health` says when it was not.
+The driver imports no load generator: it writes a plan (target path, pre-encoded bodies, pacing,
+load steps), starts the engine the :class:`Load` names with it, and reads back the samples and CPU
+use each of its processes wrote. Two engines read the same plan and write the same files:
+
+- ``locust``: ``python -m locust -f benchmarks/locustfile.py`` (:mod:`benchmarks.locustfile`), what
+  the release gate uses;
+- ``asyncio``: ``python -m benchmarks.asyncload`` (:mod:`benchmarks.asyncload`), raw keep-alive
+  HTTP/1.1 on asyncio streams, several times less CPU per request than Locust, for when the load
+  generator shares the cores with the servers it measures.
+
+With ``processes`` above one, the engine forks that many sending workers, for when one core of
+load generation is not enough; :func:`benchmarks.stats.generator_health` says when it was not.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -32,10 +40,17 @@ from benchmarks.stats import GeneratorHealth, MachineTrace, Samples, generator_h
 log = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""Where ``benchmarks`` is importable from (``python -m benchmarks.asyncload``)."""
+
+LoadEngine = Literal["locust", "asyncio"]
+ENGINES: tuple[LoadEngine, ...] = ("locust", "asyncio")
+"""Load generators :func:`run_load` can run (``--load-engine``)."""
+_ENGINE_NAMES = {"locust": "Locust", "asyncio": "the asyncio load generator"}
 
 
 class LoadRunFailed(RuntimeError):
-    """Locust did not run or produced no samples; the message names its log file."""
+    """The load generator did not run or produced no samples; the message names its log file."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,7 @@ class HttpTarget:
 
 @dataclass(frozen=True)
 class Load:
-    """The load of one Locust run: closed loop (``pace_per_user`` 0), paced, or in steps."""
+    """The load of one run: closed loop (``pace_per_user`` 0), paced, or in steps; and which engine sends it."""
 
     users: int
     duration_s: float
@@ -70,6 +85,8 @@ class Load:
     steps: tuple[tuple[int, float], ...] = ()
     """``(users, seconds)`` steps; when set, ``users`` and ``duration_s`` are ignored."""
     timeout_s: float = 30.0
+    engine: LoadEngine = "locust"
+    """The load generator: ``locust`` or ``asyncio`` (:data:`ENGINES`)."""
 
     @property
     def total_s(self) -> float:
@@ -94,11 +111,14 @@ class LoadResult:
 
 
 def run_load(target: HttpTarget, load: Load, workdir: Path) -> LoadResult:
-    """Run Locust against ``target`` with ``load``; return every sample.
+    """Run ``load.engine`` against ``target`` with ``load``; return every sample.
 
     Raises:
-        LoadRunFailed: Locust failed to start, crashed, or sent nothing.
+        LoadRunFailed: the load generator failed to start, crashed, or sent nothing.
+        ValueError: ``load.engine`` is not one of :data:`ENGINES`.
     """
+    if load.engine not in ENGINES:
+        raise ValueError(f"unknown load engine {load.engine!r}; choose from {', '.join(ENGINES)}")
     workdir.mkdir(parents=True, exist_ok=True)
     samples_dir = workdir / "samples"
     samples_dir.mkdir(exist_ok=True)
@@ -116,6 +136,50 @@ def run_load(target: HttpTarget, load: Load, workdir: Path) -> LoadResult:
     }
     plan_path = workdir / "plan.json"
     plan_path.write_text(json.dumps(plan))
+    env = dict(os.environ, MODELOPS_BENCH_PLAN=str(plan_path.resolve()))
+    if load.engine == "asyncio":
+        command = _asyncload_command(target, load)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        log_path = workdir / "asyncload.log"
+    else:
+        command = _locust_command(target, load)
+        log_path = workdir / "locust.log"
+    engine = _ENGINE_NAMES[load.engine]
+    shape = f"steps {list(load.steps)}" if load.steps else f"{load.users} users for {load.total_s:.0f} s"
+    pacing = f", {load.pace_per_user:g} req/s per user" if load.pace_per_user else ""
+    log.info("load (%s): %s -> %s%s, %s%s", load.engine, target.name, target.base_url, target.path, shape, pacing)
+    servers = server_pids(target.server_ports)
+    trace: MachineTrace = []
+    deadline = time.monotonic() + load.total_s + 120
+    with log_path.open("wb") as out:
+        # Its own session, so a run that hangs is stopped with the workers the engine forked.
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+        try:
+            while proc.poll() is None:
+                _read_usage(trace, servers)
+                if time.monotonic() > deadline:
+                    raise LoadRunFailed(f"{engine} did not finish in time; see {log_path}")
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    _read_usage(trace, servers)
+    samples = _collect(samples_dir, target.rows_per_request)
+    if samples.start.size == 0:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise LoadRunFailed(f"{engine} (exit code {proc.returncode}) sent no request; see {log_path}:\n{tail}")
+    health = generator_health(samples.processes, trace, None, CLOCK_TICKS)
+    if health.saturated:
+        log.warning("%s: %s", target.name, health.note)
+    return LoadResult(samples=samples, health=health, log_path=log_path, machine_trace=trace)
+
+
+def _locust_command(target: HttpTarget, load: Load) -> list[str]:
+    """``python -m locust`` headless on the locustfile; the plan comes through the environment."""
     command = [
         sys.executable,
         "-m",
@@ -135,39 +199,26 @@ def run_load(target: HttpTarget, load: Load, workdir: Path) -> LoadResult:
         command += ["-u", str(load.users), "-r", str(load.spawn_rate), "-t", f"{max(1, round(load.duration_s))}s"]
     if load.processes > 1:
         command += ["--processes", str(load.processes)]
-    log_path = workdir / "locust.log"
-    env = dict(os.environ, MODELOPS_BENCH_PLAN=str(plan_path.resolve()))
-    shape = f"steps {list(load.steps)}" if load.steps else f"{load.users} users for {load.total_s:.0f} s"
-    pacing = f", {load.pace_per_user:g} req/s per user" if load.pace_per_user else ""
-    log.info("load: %s -> %s%s, %s%s", target.name, target.base_url, target.path, shape, pacing)
-    servers = server_pids(target.server_ports)
-    trace: MachineTrace = []
-    deadline = time.monotonic() + load.total_s + 120
-    with log_path.open("wb") as out:
-        # Its own session, so a run that hangs is stopped with the workers Locust forked.
-        proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
-        )
-        try:
-            while proc.poll() is None:
-                _read_usage(trace, servers)
-                if time.monotonic() > deadline:
-                    raise LoadRunFailed(f"Locust did not finish in time; see {log_path}")
-                time.sleep(0.5)
-        finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    _read_usage(trace, servers)
-    samples = _collect(samples_dir, target.rows_per_request)
-    if samples.start.size == 0:
-        tail = log_path.read_text(errors="replace")[-2000:]
-        raise LoadRunFailed(f"Locust (exit code {proc.returncode}) sent no request; see {log_path}:\n{tail}")
-    health = generator_health(samples.processes, trace, None, CLOCK_TICKS)
-    if health.saturated:
-        log.warning("%s: %s", target.name, health.note)
-    return LoadResult(samples=samples, health=health, log_path=log_path, machine_trace=trace)
+    return command
+
+
+def _asyncload_command(target: HttpTarget, load: Load) -> list[str]:
+    """``python -m benchmarks.asyncload``; the plan comes through the environment."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.asyncload",
+        "--host",
+        target.base_url,
+        "--users",
+        str(load.users),
+        "--duration",
+        repr(float(load.duration_s)),
+        "--spawn-rate",
+        repr(float(load.spawn_rate)),
+        "--processes",
+        str(max(1, load.processes)),
+    ]
 
 
 def _read_usage(trace: MachineTrace, servers: list[int]) -> None:
@@ -177,7 +228,7 @@ def _read_usage(trace: MachineTrace, servers: list[int]) -> None:
 
 
 def _collect(samples_dir: Path, rows_per_request: int) -> Samples:
-    """Merge what every Locust process wrote."""
+    """Merge what every process of the load generator wrote."""
     metas = [json.loads(p.read_text()) for p in sorted(samples_dir.glob("process-*.json"))]
     arrays = [np.fromfile(p, dtype=np.float64) for p in sorted(samples_dir.glob("samples-*.bin"))]
     triples = np.concatenate(arrays) if arrays else np.empty(0)

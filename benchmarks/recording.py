@@ -39,7 +39,7 @@ def summary_line(summary: dict[str, Any]) -> str:
         parts.append(f"{cost['per_1k']:.2g} {cost['currency']}/1k predictions")
     parts.append(
         f"{load['users']} users x {load['duration_s']:g} s, {load['records_per_request']} rec/req, "
-        f"{summary['started_at']}"
+        f"load by {load.get('engine', 'locust')}, {summary['started_at']}"
     )
     return "; ".join(parts)
 

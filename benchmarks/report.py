@@ -203,8 +203,9 @@ def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
 def cpu_account(summary: dict[str, Any]) -> str:
     """Who used the CPUs during a gated run, in one sentence."""
     gen = summary["generator"]
+    engine = summary.get("load", {}).get("engine", "locust")
     parts = [gen["note"]]
-    parts.append(f"busiest Locust process {gen['max_process_cpu']:.0%} of a core")
+    parts.append(f"busiest {engine} process {gen['max_process_cpu']:.0%} of a core")
     if gen.get("machine_busy") is not None:
         parts.append(f"machine {gen['machine_busy']:.0%} busy")
     if gen.get("server_cores") is not None:
@@ -237,7 +238,11 @@ def run_report_html(summary: dict[str, Any], verdicts: Sequence[Verdict]) -> str
         [
             "load",
             f"{load['users']} users, {load['duration_s']:g} s ({load['warmup_s']:g} s warm-up left out), "
-            f"{load['records_per_request']} record(s)/request, {load['processes']} Locust process(es)",
+            f"{load['records_per_request']} record(s)/request",
+        ],
+        [
+            "load generator",
+            f"{load.get('engine', 'locust')}, {load['processes']} sending process(es) on this machine",
         ],
         ["requests measured", f"{result['requests']:,} ({result['failures']:,} failed)"],
         ["throughput", f"{fmt(result['throughput_rps'])} req/s, {fmt(result['predictions_per_s'])} predictions/s"],

@@ -1,9 +1,10 @@
 """Exact statistics of a load run, from every request's sample.
 
 Locust's own percentiles come from rounded histogram buckets and its CSV misses the last second
-(GROUND.md), so the locustfile keeps every sample (start time, latency, success) and this module
-computes percentiles over them with numpy. A request belongs to the second in which it completed;
-latency statistics cover successful requests, and failures count in the error ratio.
+(GROUND.md), so the load generator (the locustfile, or :mod:`benchmarks.asyncload`) keeps every
+sample (start time, latency, success) and this module computes percentiles over them with numpy. A
+request belongs to the second in which it completed; latency statistics cover successful requests,
+and failures count in the error ratio.
 """
 
 from __future__ import annotations
@@ -173,9 +174,9 @@ class GeneratorHealth:
     server_cores: float | None = None
     """Cores the servers under test used (their processes and children), when they could be found."""
     generator_cores: float = 0.0
-    """Cores all Locust processes used together."""
+    """Cores all load-generator processes used together."""
     other_busy: float | None = None
-    """Share of all CPUs busy with work that is neither the servers under test nor Locust."""
+    """Share of all CPUs busy with work that is neither the servers under test nor the load generator."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -226,7 +227,7 @@ def generator_health(
     window: tuple[float, float] | None = None,
     ticks_per_s: float = 100.0,
 ) -> GeneratorHealth:
-    """Judge the load generator from each Locust process's CPU use (and the machine's) in ``window``.
+    """Judge the load generator from each of its processes' CPU use (and the machine's) in ``window``.
 
     Without a window, or without a CPU trace, the whole run counts.
     """
@@ -249,8 +250,8 @@ def generator_health(
     notes: list[str] = []
     if saturated:
         notes.append(
-            f"load generator saturated: a Locust process used {worst:.0%} of a core; "
-            "results are a lower bound on what the server can do (add --workers, or run Locust elsewhere)"
+            f"load generator saturated: a sending process used {worst:.0%} of a core; results are a lower "
+            "bound on what the server can do (add --workers, use --load-engine asyncio, or load from elsewhere)"
         )
     if busy is not None and busy >= MACHINE_SATURATED:
         notes.append(

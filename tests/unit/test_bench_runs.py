@@ -7,6 +7,7 @@ code) runs without Triton or MLflow. The real stack is exercised in tests/integr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -25,9 +26,10 @@ from benchmarks.compare import (
     comparison_rows,
     judge_targets,
     markdown_report,
+    to_document,
 )
 from benchmarks.gate import ServedModel
-from benchmarks.loadrun import HttpTarget, Load, run_load
+from benchmarks.loadrun import ENGINES, HttpTarget, Load, run_load
 from benchmarks.payloads import PreparedRequest
 from benchmarks.servers import config_without_batching
 from benchmarks.stats import GeneratorHealth, WindowStats
@@ -124,6 +126,19 @@ def test_the_gate_passes_on_a_generous_budget_and_fails_on_an_impossible_one(sta
     assert summary["failed_budgets"] == ["latency p50"]
 
 
+def test_the_gate_runs_with_the_asyncio_engine_and_says_so(stand_in: str, tmp_path: Path) -> None:
+    budgets = _budgets(tmp_path, p95=5000)
+    args = ["bench", "--gateway-url", stand_in, "--no-record", "--users", "2", "--duration", "2", "--warmup", "0"]
+    code = main([*args, "--budgets", str(budgets), "--report-dir", str(tmp_path / "r"), "--load-engine", "asyncio"])
+    assert code == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["load"]["engine"] == "asyncio" and summary["result"]["requests"] > 10
+    assert summary["result"]["failures"] == 0  # the stand-in speaks HTTP/1.0 and closes every connection
+    assert (tmp_path / "r" / "asyncio" / "asyncload.log").is_file() and not (tmp_path / "r" / "locust").exists()
+    report = (tmp_path / "r" / "report.html").read_text()
+    assert "asyncio, 1 sending process(es)" in report and "busiest asyncio process" in report
+
+
 def test_an_unreachable_gateway_is_exit_code_2(tmp_path: Path) -> None:
     code = main(["bench", "--gateway-url", "http://127.0.0.1:9", "--no-record", "--report-dir", str(tmp_path)])
     assert code == 2
@@ -139,6 +154,11 @@ def test_the_sub_command_has_the_documented_options() -> None:
     )
     assert args.compare and not args.record and args.workers == 2
     assert args.steps == (1, 8) and args.variants == ("gateway", "mlflow")
+    assert args.load_engine is None  # the gate's and the comparison's own defaults apply
+    for engine in ENGINES:
+        assert parser.parse_args(["bench", "--load-engine", engine]).load_engine == engine
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--load-engine", "wrk"])
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--variants", "nginx"])
 
@@ -226,3 +246,7 @@ def test_targets_are_judged_from_the_measurements(tmp_path: Path) -> None:
     assert rows[1][0] == "gateway" and rows[1][1].startswith("1.00x")
     assert rows[2][1].startswith("1.38x")  # triton saturation 2900 / 2100
     assert "| variant |" in markdown_report(outcome, "modelops bench --compare")
+    assert "load generator locust (1 sending process(es))" in markdown_report(outcome, "modelops bench --compare")
+    outcome.options = dataclasses.replace(outcome.options, load_engine="asyncio", processes=2)
+    assert "load generator asyncio (2 sending process(es))" in markdown_report(outcome, "modelops bench --compare")
+    assert to_document(outcome)["load_generator"] == {"engine": "asyncio", "processes": 2}
