@@ -49,7 +49,7 @@ from gateway.policy import PolicyStore, TrafficPolicy
 from gateway.serving import ServedModels, Target
 from gateway.settings import GatewaySettings
 from gateway.transport import check_bearer, parse_json, read_json_bytes, request_id_of, valid_request_id
-from gateway.triton import InferenceClient, TritonClient
+from gateway.triton import InferenceClient, make_client
 from modelspec import ModelSchema
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class Gateway:
         self.metrics.add_collector(CallbackCollector(self._policy_families))
         self._quality = CallbackCollector(self._quality_families, cache_s=2.0)
         self.metrics.add_collector(self._quality)
-        self.client_factory = client_factory or (lambda s: TritonClient(s.triton_grpc_url, s.triton_timeout_s))
+        self.client_factory = client_factory or make_client
         self.triton: InferenceClient | None = None
         self.feedback: FeedbackStore | None = None
         self.audit: AuditLog | None = None
@@ -662,7 +662,8 @@ def create_app(settings: GatewaySettings | None = None, client_factory: ClientFa
 
     Args:
         settings: the gateway settings (from the environment when omitted).
-        client_factory: builds the inference client at startup; the Triton gRPC client by default.
+        client_factory: builds the inference client at startup; by default the Triton client
+            ``settings.triton_protocol`` names (:func:`gateway.triton.make_client`).
     """
     settings = settings or GatewaySettings()
     gw = Gateway(settings, client_factory)
@@ -679,7 +680,10 @@ def create_app(settings: GatewaySettings | None = None, client_factory: ClientFa
         gw.start()
         poller = asyncio.create_task(_poll(gw))
         restore = _drain_on_sigterm(gw)
-        log.info("gateway up: Triton %s, repository %s", settings.triton_grpc_url, settings.model_repository)
+        upstream = settings.triton_http_url if settings.triton_protocol == "http" else settings.triton_grpc_url
+        log.info(
+            "gateway up: Triton %s (%s), repository %s", upstream, settings.triton_protocol, settings.model_repository
+        )
         try:
             yield
         finally:

@@ -27,7 +27,16 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELOPS_GATEWAY_", extra="ignore")
 
     # --- upstream and routing -------------------------------------------------------------------
+    triton_http_url: str = Field(
+        "127.0.0.1:8000", description="Triton HTTP endpoint, host:port (binary tensors over keep-alive HTTP/1.1)."
+    )
     triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint, host:port.")
+    triton_protocol: Literal["http", "grpc"] = Field(
+        "http", description="How the gateway calls Triton: http (cheapest per call) or grpc."
+    )
+    triton_max_connections: int = Field(
+        64, ge=1, le=4096, description="HTTP connections to Triton per worker (= Triton calls in flight; more wait)."
+    )
     model_repository: Path = Field(Path("model_repository"), description="Triton model repository root (read only).")
     default_model: str = Field("solar_ghi", pattern=NAME_PATTERN, description="Model that answers POST /predict.")
     triton_timeout_s: float = Field(10.0, gt=0, le=600, description="Per-request Triton deadline (504 beyond).")

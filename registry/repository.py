@@ -105,9 +105,7 @@ def render_config(name: str, schemas: Iterable[ModelSchema], versions: Iterable[
         lines.append(f'parameters: {{ key: "ort_threads" value: {{ string_value: "{opts.ort_threads}" }} }}')
     elif opts.ort_threads > 0 and not opts.gpu:
         # Triton's onnxruntime backend reads the same knob under this name.
-        lines.append(
-            f'parameters: {{ key: "intra_op_thread_count" value: {{ string_value: "{opts.ort_threads}" }} }}'
-        )
+        lines.append(f'parameters: {{ key: "intra_op_thread_count" value: {{ string_value: "{opts.ort_threads}" }} }}')
     text = "\n".join(lines) + "\n"
     validate_config(text, expected_name=name)
     return text

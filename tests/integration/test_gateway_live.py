@@ -28,6 +28,7 @@ ADMIN = {"authorization": "Bearer admin-key-for-tests"}
 def _settings(stack: RunningStack, tmp_path: Path, **overrides) -> GatewaySettings:
     values = {
         "triton_grpc_url": stack.stack.triton_grpc,
+        "triton_http_url": stack.stack.triton_http,
         "model_repository": stack.settings.model_repository,
         "default_model": MODEL,
         "admin_keys": ["admin-key-for-tests"],
@@ -44,16 +45,26 @@ def _record(stack: RunningStack) -> dict:
     return stack.trained.schema.example_record()
 
 
-def test_triton_timeout_is_504(running_stack: RunningStack, tmp_path: Path) -> None:
-    settings = _settings(running_stack, tmp_path, triton_timeout_s=1e-4)
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_timeout_is_504(running_stack: RunningStack, tmp_path: Path, protocol: str) -> None:
+    settings = _settings(running_stack, tmp_path, triton_timeout_s=1e-4, triton_protocol=protocol)
     with TestClient(create_app(settings)) as client:
         resp = client.post("/predict", json=[_record(running_stack)] * 512)
         assert resp.status_code == 504, resp.text
         assert resp.json()["error"]["code"] == "upstream_timeout"
 
 
-def test_triton_unreachable_is_503_with_retry_after(running_stack: RunningStack, tmp_path: Path) -> None:
-    settings = _settings(running_stack, tmp_path, triton_grpc_url=f"127.0.0.1:{free_port()}", triton_timeout_s=2)
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_unreachable_is_503_with_retry_after(running_stack: RunningStack, tmp_path: Path, protocol: str) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    settings = _settings(
+        running_stack,
+        tmp_path,
+        triton_grpc_url=nowhere,
+        triton_http_url=nowhere,
+        triton_protocol=protocol,
+        triton_timeout_s=2,
+    )
     with TestClient(create_app(settings)) as client:
         resp = client.post("/predict", json=_record(running_stack))
         assert resp.status_code == 503, resp.text
@@ -61,7 +72,8 @@ def test_triton_unreachable_is_503_with_retry_after(running_stack: RunningStack,
         assert client.get("/healthz/ready").status_code == 503
 
 
-def test_triton_rejecting_the_request_is_502(running_stack: RunningStack, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_rejecting_the_request_is_502(running_stack: RunningStack, tmp_path: Path, protocol: str) -> None:
     """A repository whose schema has one column too many: the real Triton refuses the tensor."""
     source = running_stack.settings.model_repository / MODEL
     version = running_stack.trained.versions[0]
@@ -72,7 +84,8 @@ def test_triton_rejecting_the_request_is_502(running_stack: RunningStack, tmp_pa
     schema = ModelSchema.model_validate_json(schema_path.read_bytes())
     extra = NumericFeature(name="bogus", minimum=0, maximum=1, nullable=True, example=0.5)
     schema_path.write_text(schema.model_copy(update={"features": [*schema.features, extra]}).model_dump_json())
-    with TestClient(create_app(_settings(running_stack, tmp_path, model_repository=repo))) as client:
+    settings = _settings(running_stack, tmp_path, model_repository=repo, triton_protocol=protocol)
+    with TestClient(create_app(settings)) as client:
         resp = client.post("/predict", json=_record(running_stack))
         assert resp.status_code == 502, resp.text
         assert resp.json()["error"] == {
