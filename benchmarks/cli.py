@@ -71,8 +71,8 @@ def add_bench_parser(subparsers: Any) -> None:
     load.add_argument(
         "--load-engine",
         choices=("locust", "asyncio"),
-        help="load generator: Locust (default of the gate and of --compare), or asyncio (raw keep-alive "
-        "HTTP/1.1, several times less client CPU per request; for when it shares the cores with the servers)",
+        help="load generator: locust (default of the gate) or asyncio (default of --compare: raw keep-alive "
+        "HTTP/1.1, several times less client CPU per request, for when it shares the cores with the servers)",
     )
     load.add_argument("--seed", type=int, default=0, help="seed of the generated records")
     out = b.add_argument_group("results")

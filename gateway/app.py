@@ -320,10 +320,15 @@ class Gateway:
             if shadow:
                 self._mirror(target, body, batch, matrix, request_id)
             names = [o.name for o in target.schema.outputs]
+            if len(names) == 1:
+                name = names[0]
+                predictions = [{name: value} for value in matrix[:, 0].tolist()]
+            else:
+                predictions = [dict(zip(names, row, strict=True)) for row in matrix.tolist()]
             payload = {
                 "request_id": request_id,
                 "model": {"name": target.model, "version": target.version, "alias": target.alias},
-                "predictions": [dict(zip(names, row, strict=True)) for row in matrix.tolist()],
+                "predictions": predictions,
                 "flags": [f.as_dict() for f in batch.flags],
             }
             return Response(
@@ -465,6 +470,15 @@ class Gateway:
         client = self.client()
         names = [o.name for o in schema.outputs]
         step = self.models.max_batch_size(target.model) or batch.rows
+        if batch.rows <= step:  # the usual case: one call, awaited directly (no task per request)
+            outputs = await client.infer(
+                target.model,
+                target.version,
+                {schema.numeric_tensor: batch.numeric, schema.categorical_tensor: batch.categorical},
+                names,
+                request_id=request_id,
+            )
+            return _as_matrix(outputs, names, batch.rows)
         starts = range(0, batch.rows, step)
         results = await asyncio.gather(
             *(
@@ -476,16 +490,15 @@ class Gateway:
                         schema.categorical_tensor: batch.categorical[i : i + step],
                     },
                     names,
-                    request_id=request_id if len(starts) == 1 else f"{request_id}.{i // step}",
+                    request_id=f"{request_id}.{i // step}",
                 )
                 for i in starts
             )
         )
-        parts = []
-        for i, outputs in zip(starts, results, strict=True):
-            rows = min(step, batch.rows - i)
-            parts.append(np.column_stack([np.asarray(outputs[n]).reshape(rows, -1)[:, 0] for n in names]))
-        matrix: np.ndarray = np.concatenate(parts).astype(np.float32, copy=False)
+        parts = [
+            _as_matrix(outputs, names, min(step, batch.rows - i)) for i, outputs in zip(starts, results, strict=True)
+        ]
+        matrix: np.ndarray = np.concatenate(parts)
         return matrix
 
     # -- feedback --------------------------------------------------------------------------------
@@ -888,6 +901,13 @@ def _feedback_body_doc() -> dict[str, Any]:
             }
         },
     }
+
+
+def _as_matrix(outputs: dict[str, np.ndarray], names: list[str], rows: int) -> np.ndarray:
+    """The named ``[rows, 1]`` outputs of one call as one float32 ``[rows, len(names)]`` matrix."""
+    if len(names) == 1:
+        return np.asarray(outputs[names[0]], dtype=np.float32).reshape(rows, -1)[:, :1]
+    return np.column_stack([np.asarray(outputs[n], dtype=np.float32).reshape(rows, -1)[:, 0] for n in names])
 
 
 async def _poll(gw: Gateway) -> None:

@@ -16,6 +16,7 @@ be joinable yet (the writer batches); it is retried after a flush of this proces
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -97,6 +98,20 @@ class VersionQuality:
         return math.sqrt(self.sum_sq / self.n) if metric == "rmse" else self.sum_abs / self.n
 
 
+_COLUMNS = 7
+_ROWS_PER_INSERT = 500  # 3,500 parameters, well under SQLite's limit of 32,766
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(rows: int) -> str:
+    """One INSERT statement of ``rows`` predictions."""
+    one = "(" + ", ".join("?" * _COLUMNS) + ", NULL)"
+    return (
+        "INSERT OR REPLACE INTO predictions (request_id, model, version, created_at, outputs, rows, predictions, "
+        "feedback_at) VALUES " + ", ".join([one] * rows)
+    )
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -129,8 +144,9 @@ class FeedbackStore(BackgroundWriter[StoredPrediction]):
     # -- writer thread ---------------------------------------------------------------------------
     def write_batch(self, items: list[StoredPrediction]) -> None:
         """Insert a batch of predictions in one transaction."""
-        rows = [
-            (
+        values: list[Any] = []
+        for p in items:
+            values += (
                 p.request_id,
                 p.model,
                 p.version,
@@ -139,15 +155,13 @@ class FeedbackStore(BackgroundWriter[StoredPrediction]):
                 int(p.values.shape[0]),
                 np.ascontiguousarray(p.values, dtype=np.float32).tobytes(),
             )
-            for p in items
-        ]
+        # Many rows per statement: sqlite3 lets go of the GIL around every statement it steps, and
+        # one hand-over per row (``executemany``) cost the event loop more than the inserts.
         with self._writer:
             self._writer.execute("BEGIN")
-            self._writer.executemany(
-                "INSERT OR REPLACE INTO predictions (request_id, model, version, created_at, outputs, rows, "
-                "predictions, feedback_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                rows,
-            )
+            for start in range(0, len(items), _ROWS_PER_INSERT):
+                chunk = values[start * _COLUMNS : (start + _ROWS_PER_INSERT) * _COLUMNS]
+                self._writer.execute(_insert_sql(len(chunk) // _COLUMNS), chunk)
 
     def tick(self) -> None:
         """Forget predictions past retention and outcomes past the quality window."""

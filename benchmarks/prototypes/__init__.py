@@ -1,0 +1,1 @@
+"""Measurement prototypes that docs/benchmarks.md compares against; nothing in the project imports them."""
