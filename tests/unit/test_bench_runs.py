@@ -246,7 +246,7 @@ def test_targets_are_judged_from_the_measurements(tmp_path: Path) -> None:
     assert rows[1][0] == "gateway" and rows[1][1].startswith("1.00x")
     assert rows[2][1].startswith("1.38x")  # triton saturation 2900 / 2100
     assert "| variant |" in markdown_report(outcome, "modelops bench --compare")
-    assert "load generator locust (1 sending process(es))" in markdown_report(outcome, "modelops bench --compare")
-    outcome.options = dataclasses.replace(outcome.options, load_engine="asyncio", processes=2)
-    assert "load generator asyncio (2 sending process(es))" in markdown_report(outcome, "modelops bench --compare")
-    assert to_document(outcome)["load_generator"] == {"engine": "asyncio", "processes": 2}
+    assert "load generator asyncio (1 sending process(es))" in markdown_report(outcome, "modelops bench --compare")
+    outcome.options = dataclasses.replace(outcome.options, load_engine="locust", processes=2)
+    assert "load generator locust (2 sending process(es))" in markdown_report(outcome, "modelops bench --compare")
+    assert to_document(outcome)["load_generator"] == {"engine": "locust", "processes": 2}
