@@ -27,6 +27,7 @@ from gateway.testing import (
     training_records,
     write_repository,
 )
+from gateway.transport import new_request_id
 
 PSI_ALERT = 0.25  # deploy/prometheus/rules: ModelopsFeatureDriftHigh
 
@@ -103,6 +104,19 @@ def test_psi_of_the_training_distribution_is_small_and_missing_values_count() ->
     numeric[:, 2] = np.nan  # every cloud cover missing: 10% in training
     window.add(numeric, categorical, np.zeros((2000, 1), dtype=np.float32))
     assert window.feature_psi()["cloud_cover_tenths"] > PSI_ALERT
+
+
+def test_generated_request_ids_are_uuid7_time_ordered_and_unique(client: TestClient) -> None:
+    first = client.post("/predict", json=training_records(1)).json()["request_id"]
+    time.sleep(0.002)
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for rid in (first, *ids[:50]):
+        assert len(rid) == 32 and int(rid, 16) >= 0
+        assert rid[12] == "7" and rid[16] in "89ab"  # version 7, RFC 9562 variant
+    # the leading 48 bits are milliseconds: ids sort by creation time, to the millisecond
+    assert first < ids[0] and ids[0][:12] <= ids[-1][:12]
+    assert abs(int(ids[-1][:12], 16) - time.time() * 1000) < 5_000
 
 
 def _feedback(client: TestClient, request_id: str, outcomes) -> object:

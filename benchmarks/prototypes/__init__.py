@@ -1,1 +1,0 @@
-"""Measurement prototypes that docs/benchmarks.md compares against; nothing in the project imports them."""
