@@ -56,6 +56,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks.samplefiles import write_process_files
+
 log = logging.getLogger("benchmarks.asyncload")
 
 MAX_ERROR_KINDS = 20
@@ -298,7 +300,6 @@ class Recorder:
     def write(self, role: str) -> dict[str, Any]:
         """Write ``samples-<pid>.bin`` and ``process-<pid>.json``; return the latter's content."""
         self.trace()
-        pid = os.getpid()
         wall = time.monotonic() - self.started_wall if self.started_wall else 0.0
         cpu = time.process_time() - self.started_cpu if self.started_wall else 0.0
         percent = [
@@ -306,12 +307,7 @@ class Recorder:
             for (t0, c0), (t1, c1) in zip(self.cpu_trace, self.cpu_trace[1:], strict=False)
             if t1 - t0 > 0.1
         ]
-        self.out.mkdir(parents=True, exist_ok=True)
-        with (self.out / f"samples-{pid}.bin").open("wb") as fh:
-            self.samples.tofile(fh)
-        meta = {
-            "pid": pid,
-            "role": role,
+        facts = {
             "test_start_epoch": self.test_start_epoch,
             "wall_s": wall,
             "cpu_s": cpu,
@@ -319,10 +315,8 @@ class Recorder:
             "cpu_trace": self.cpu_trace,
             "errors": dict(self.errors),
             "versions": dict(self.versions),
-            "samples": len(self.samples) // 3,
         }
-        (self.out / f"process-{pid}.json").write_text(json.dumps(meta))
-        return meta
+        return write_process_files(self.out, role, self.samples, facts)
 
 
 class _User:

@@ -35,6 +35,7 @@ import numpy as np
 
 from benchmarks.machine import CLOCK_TICKS, process_ticks, read_cpu_times, server_pids
 from benchmarks.payloads import PreparedRequest
+from benchmarks.samplefiles import PROCESS_GLOB, SAMPLES_GLOB
 from benchmarks.stats import GeneratorHealth, MachineTrace, Samples, generator_health
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,10 @@ def run_load(target: HttpTarget, load: Load, workdir: Path) -> LoadResult:
     plan_path = workdir / "plan.json"
     plan_path.write_text(json.dumps(plan))
     env = dict(os.environ, MODELOPS_BENCH_PLAN=str(plan_path.resolve()))
+    # Both engines import ``benchmarks`` modules (the locustfile: benchmarks.samplefiles).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     if load.engine == "asyncio":
         command = _asyncload_command(target, load)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
         log_path = workdir / "asyncload.log"
     else:
         command = _locust_command(target, load)
@@ -229,8 +231,8 @@ def _read_usage(trace: MachineTrace, servers: list[int]) -> None:
 
 def _collect(samples_dir: Path, rows_per_request: int) -> Samples:
     """Merge what every process of the load generator wrote."""
-    metas = [json.loads(p.read_text()) for p in sorted(samples_dir.glob("process-*.json"))]
-    arrays = [np.fromfile(p, dtype=np.float64) for p in sorted(samples_dir.glob("samples-*.bin"))]
+    metas = [json.loads(p.read_text()) for p in sorted(samples_dir.glob(PROCESS_GLOB))]
+    arrays = [np.fromfile(p, dtype=np.float64) for p in sorted(samples_dir.glob(SAMPLES_GLOB))]
     triples = np.concatenate(arrays) if arrays else np.empty(0)
     starts = [m["test_start_epoch"] for m in metas if m.get("role") in ("master", "local") and m["test_start_epoch"]]
     if not starts:

@@ -8,8 +8,8 @@ samples. Bodies are prepared beforehand so the load generator spends its CPU on 
 
 Every process that sends requests keeps every sample (start time, latency, success) and writes
 them at the end of the test with its own CPU use, so the driver computes exact percentiles and can
-tell when the load generator itself was the bottleneck. This file needs only the standard library
-and Locust.
+tell when the load generator itself was the bottleneck (files: :mod:`benchmarks.samplefiles`). This
+file needs only the standard library, Locust and that standard-library module.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import gevent
 from locust import FastHttpUser, LoadTestShape, constant, constant_throughput, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
+
+from benchmarks.samplefiles import write_process_files
 
 _PLAN: dict[str, Any] = json.loads(Path(os.environ["MODELOPS_BENCH_PLAN"]).read_text())
 _BODIES: list[bytes] = [base64.b64decode(b) for b in _PLAN["bodies"]]
@@ -65,13 +67,7 @@ class _Recorder:
     def write(self, role: str) -> None:
         wall = time.monotonic() - self.started_wall if self.started_wall else 0.0
         cpu = time.process_time() - self.started_cpu if self.started_wall else 0.0
-        pid = os.getpid()
-        _OUT.mkdir(parents=True, exist_ok=True)
-        with (_OUT / f"samples-{pid}.bin").open("wb") as fh:
-            self.samples.tofile(fh)
-        meta = {
-            "pid": pid,
-            "role": role,
+        facts = {
             "test_start_epoch": self.started_epoch,
             "wall_s": wall,
             "cpu_s": cpu,
@@ -79,9 +75,8 @@ class _Recorder:
             "cpu_trace": [*self.cpu_trace, (time.time(), time.process_time())],
             "errors": dict(self.errors),
             "versions": dict(self.versions),
-            "samples": len(self.samples) // 3,
         }
-        (_OUT / f"process-{pid}.json").write_text(json.dumps(meta))
+        write_process_files(_OUT, role, self.samples, facts)
 
 
 _REC = _Recorder()
