@@ -302,13 +302,11 @@ def validate_columns(schema: ModelSchema, records: list[Any]) -> Batch | None:
     marks: list[tuple[int, int, str, str]] = []
     inside = (values >= plan.lower) & (values <= plan.upper)  # NaN (null) compares False
     outside = inside.size - int(np.count_nonzero(inside))
-    # every null is outside; when the outside cells are as many as the nulls of nullable features,
-    # they are those nulls: nothing else is, and no required feature is null
-    if (
-        outside
-        and not (type(None) in types and outside == sum(flat[j::width].count(None) for j in plan.nullable_columns))
-        and not _numeric_outside(plan, values, inside, flat, type(None) in types, marks)
-    ):
+    # nulls (and absent fields) of nullable features: the only NaN allowed
+    nulls = sum(flat[j::width].count(None) for j in plan.nullable_columns) if type(None) in types else 0
+    # every null is outside; when the outside cells are as many as those nulls, they are those
+    # nulls: nothing else is, and no required feature is null
+    if outside and outside != nulls and not _numeric_outside(plan, values, inside, nulls, marks):
         return None
 
     categorical = np.zeros((n, max(len(columns), 1)), dtype=np.int64)
@@ -334,20 +332,18 @@ def _numeric_outside(
     plan: _ColumnPlan,
     values: np.ndarray,
     inside: np.ndarray,
-    flat: list[Any],
-    has_none: bool,
+    nulls: int,
     marks: list[tuple[int, int, str, str]],
 ) -> bool:
     """Look at the values not inside [lower, upper]; append out_of_range marks; False when the reference must decide.
 
-    NaN must come from nulls (or absent fields) of nullable features only: a null in a required
-    feature or a NaN sent as a value makes more NaN than there are such nulls.
+    NaN must come from the ``nulls`` (nulls or absent fields of nullable features) only: a null in
+    a required feature or a NaN sent as a value makes more NaN than that.
     """
-    width = len(plan.numeric_names)
     nan = np.isnan(values)
     nan_count = int(np.count_nonzero(nan))
     if nan_count:
-        if not has_none or nan_count != sum(flat[j::width].count(None) for j in plan.nullable_columns):
+        if nan_count != nulls:
             return False
         inside |= nan
     rows, cols = np.nonzero(~inside)

@@ -52,14 +52,7 @@ class _Binner:
         missing = np.array([len(profiles[n].edges) + 1 for n, _ in present], dtype=np.int16)
         return cls([n for n, _ in present], [c for _, c in present], edges, missing, expected)
 
-    def bins(self, matrix: np.ndarray) -> np.ndarray:
-        """``[rows, k]`` bin indices of ``matrix[:, columns]``."""
-        x = np.asarray(matrix, dtype=np.float32)
-        if self.columns != list(range(x.shape[1])):
-            x = x[:, self.columns]
-        return self.bins_of_selected(x)
-
-    def bins_of_selected(self, x: np.ndarray) -> np.ndarray:
+    def bins(self, x: np.ndarray) -> np.ndarray:
         """``[rows, k]`` bin indices of a matrix whose columns are already ``columns``, in order."""
         x = np.asarray(x, dtype=np.float32)
         # Compare in float32, the dtype of the tensor: a value sent as 18.9 then falls in the same
@@ -147,7 +140,7 @@ class VersionWindow:
     def feature_psi(self) -> dict[str, float]:
         """PSI of every profiled input feature over the window."""
         out = {}
-        binned = self.numeric.bins_of_selected(self._numeric.rows())
+        binned = self.numeric.bins(self._numeric.rows())
         for j, name in enumerate(self.numeric.names):
             expected = self.numeric.expected[j]
             out[name] = psi(expected.tolist(), _shares(binned, j, len(expected)).tolist())
@@ -158,7 +151,7 @@ class VersionWindow:
 
     def prediction_psi(self) -> dict[str, float]:
         """PSI of every profiled output over the window."""
-        binned = self.outputs.bins_of_selected(self._outputs.rows())
+        binned = self.outputs.bins(self._outputs.rows())
         return {
             name: psi(self.outputs.expected[j].tolist(), _shares(binned, j, len(self.outputs.expected[j])).tolist())
             for j, name in enumerate(self.outputs.names)
