@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy modelspec registry gateway modelops benchmarks
+	$(BIN)/mypy modelspec tritonio servers registry deployer gateway modelops benchmarks
 
 unit: install
 	$(BIN)/pytest -m "not integration" -q

@@ -12,7 +12,7 @@
 - :mod:`benchmarks.stats`: exact percentiles, per-second series, load-generator saturation.
 - :mod:`benchmarks.report`: JSON summary, verdict table, HTML report with plots.
 - :mod:`benchmarks.recording`: the result on the MLflow model version (tags, metrics, artifacts).
-- :mod:`benchmarks.servers`: the temporary Triton and ``mlflow models serve`` a comparison starts.
+- :mod:`benchmarks.peers`: the temporary Triton and ``mlflow models serve`` a comparison starts.
 - ``gpu_check.py`` and :mod:`benchmarks.gpu`: the GPU check of the embedded Triton (docs/gpu.md).
 
 The driver talks HTTP to what it measures and never imports a load generator: Locust, or the

@@ -125,7 +125,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.budget import BudgetError, default_budgets_path, load_budgets
     from benchmarks.gate import BenchError, default_report_dir, discover
     from benchmarks.loadrun import LoadRunFailed
-    from benchmarks.servers import ServerFailed
+    from benchmarks.peers import ServerFailed
 
     gateway, triton, tracking, repository, reports_root = _stack_defaults(args)
     try:

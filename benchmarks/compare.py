@@ -5,9 +5,9 @@ Variants (each optional):
 - ``gateway``: the public contract, FastAPI gateway -> Triton (JSON records in);
 - ``triton``: the stack's Triton directly over HTTP with binary tensors (dynamic batching on);
 - ``triton_nobatch``: a temporary Triton of the same build serving the same version folder with
-  the same config minus dynamic batching (:class:`benchmarks.servers.TemporaryTriton`);
+  the same config minus dynamic batching (:class:`benchmarks.peers.TemporaryTriton`);
 - ``mlflow``: ``mlflow models serve`` of the same registered version, what a user would pick
-  instead (:class:`benchmarks.servers.MlflowModelServer`).
+  instead (:class:`benchmarks.peers.MlflowModelServer`).
 
 Every variant gets the same records (generated from the served version's schema), first checked
 to give the same predictions, then two load runs (Locust, or the asyncio engine with
@@ -49,8 +49,7 @@ from benchmarks.payloads import (
     mlflow_request,
     triton_binary_request,
 )
-from benchmarks.report import curve_plot, fmt, html_page, html_table, markdown_table, text_table, write_json
-from benchmarks.servers import (
+from benchmarks.peers import (
     MlflowModelServer,
     ServerFailed,
     TemporaryTriton,
@@ -58,6 +57,7 @@ from benchmarks.servers import (
     rendered_config_without_batching,
     resolve_version_dir,
 )
+from benchmarks.report import curve_plot, fmt, html_page, html_table, markdown_table, text_table, write_json
 from benchmarks.stats import (
     GeneratorHealth,
     WindowStats,

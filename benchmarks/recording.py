@@ -14,11 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from modelspec.tags import LOADTEST_REPORT_TAG, LOADTEST_STATUS_TAG, LOADTEST_SUMMARY_TAG
+
 log = logging.getLogger(__name__)
 
-STATUS_TAG = "modelops.loadtest_status"
-SUMMARY_TAG = "modelops.loadtest_summary"
-REPORT_TAG = "modelops.loadtest_report"
 ARTIFACT_DIR = "loadtest"
 
 
@@ -84,17 +83,21 @@ def record_on_version(tracking_uri: str, summary: dict[str, Any], files: list[Pa
             client.log_artifact(run_id, str(path), ARTIFACT_DIR)
         for key, value in metrics_of(summary).items():
             client.log_metric(run_id, key, value)
-        client.set_model_version_tag(model, str(version), SUMMARY_TAG, summary_line(summary)[:4900])
-        client.set_model_version_tag(model, str(version), REPORT_TAG, f"runs:/{run_id}/{ARTIFACT_DIR}/report.html")
+        client.set_model_version_tag(model, str(version), LOADTEST_SUMMARY_TAG, summary_line(summary)[:4900])
+        client.set_model_version_tag(
+            model, str(version), LOADTEST_REPORT_TAG, f"runs:/{run_id}/{ARTIFACT_DIR}/report.html"
+        )
         # The status goes last: a gate that reads "passed" can rely on the rest being there.
-        client.set_model_version_tag(model, str(version), STATUS_TAG, "passed" if summary["passed"] else "failed")
+        client.set_model_version_tag(
+            model, str(version), LOADTEST_STATUS_TAG, "passed" if summary["passed"] else "failed"
+        )
     except MlflowException as exc:
         raise RecordingFailed(f"could not record the load test on {model} v{version} at {tracking_uri}: {exc}") from exc
     log.info(
         "recorded on %s v%s: %s=%s, metrics and %s/ on run %s",
         model,
         version,
-        STATUS_TAG,
+        LOADTEST_STATUS_TAG,
         "passed" if summary["passed"] else "failed",
         ARTIFACT_DIR,
         run_id,

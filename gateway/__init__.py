@@ -8,7 +8,7 @@
 - :mod:`gateway.serving`: which version answers (follows ``routing.json`` of each model) and the
   documents of each served version; no path leaves the model repository.
 - :mod:`gateway.policy`: canary share and shadow switch per model (shared JSON file).
-- :mod:`gateway.triton`: the only module that imports ``tritonclient``.
+- :mod:`gateway.upstream`: the only module that imports ``tritonclient``.
 - :mod:`gateway.errors`: one error base, one JSON error shape.
 - :mod:`gateway.metrics`: Prometheus metrics (multiprocess-aware).
 - :mod:`gateway.drift`: rolling windows and PSI against the training profile.

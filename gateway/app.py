@@ -1,7 +1,7 @@
 """``create_app(settings)``: the gateway's routes, lifespan and error handling.
 
 Routes are thin: parse the body, validate it against the served version's schema
-(:mod:`gateway.contract`), call Triton (:mod:`gateway.triton`), map the result. :class:`Gateway`
+(:mod:`gateway.contract`), call Triton (:mod:`gateway.upstream`), map the result. :class:`Gateway`
 holds what the routes share: routing and traffic policy, the Triton client, metrics, drift
 windows, the feedback store and the audit log.
 """
@@ -49,7 +49,7 @@ from gateway.policy import PolicyStore, TrafficPolicy
 from gateway.serving import ServedModels, Target
 from gateway.settings import GatewaySettings
 from gateway.transport import check_bearer, parse_json, read_json_bytes, request_id_of, valid_request_id
-from gateway.triton import InferenceClient, make_client
+from gateway.upstream import InferenceClient, make_client
 from modelspec import ModelSchema
 
 log = logging.getLogger(__name__)
@@ -676,7 +676,7 @@ def create_app(settings: GatewaySettings | None = None, client_factory: ClientFa
     Args:
         settings: the gateway settings (from the environment when omitted).
         client_factory: builds the inference client at startup; by default the Triton client
-            ``settings.triton_protocol`` names (:func:`gateway.triton.make_client`).
+            ``settings.triton_protocol`` names (:func:`gateway.upstream.make_client`).
     """
     settings = settings or GatewaySettings()
     gw = Gateway(settings, client_factory)

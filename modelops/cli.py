@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from modelops.settings import StackSettings
 
 if TYPE_CHECKING:
-    from registry.settings import RegistrySettings
+    from deployer.settings import RegistrySettings
 
 log = logging.getLogger("modelops")
 
@@ -42,7 +42,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _registry_settings(stack: StackSettings) -> RegistrySettings:
-    from registry.settings import RegistrySettings
+    from deployer.settings import RegistrySettings
 
     overrides = {
         "tracking_uri": os.environ.get("MODELOPS_REGISTRY_TRACKING_URI", stack.tracking_uri),
@@ -92,7 +92,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Reconcile aliases with Triton once, or keep doing it with --watch."""
-    from registry.sync import SyncController
+    from deployer.sync import SyncController
 
     rs = _registry_settings(StackSettings())
     controller = SyncController(rs)
@@ -142,7 +142,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     """Move an alias (champion by default) to a version."""
     from mlflow import MlflowClient
 
-    from registry.sync import FORCE_TAG
+    from modelspec.tags import FORCE_TAG
 
     rs = _registry_settings(StackSettings())
     client = MlflowClient(rs.tracking_uri)
@@ -168,8 +168,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from modelspec import Routing
-    from registry.repository import check_model_name
-    from registry.sync import HISTORY_TAG
+    from modelspec.repository import check_model_name
+    from modelspec.tags import HISTORY_TAG
 
     rs = _registry_settings(StackSettings())
     model = check_model_name(args.model)

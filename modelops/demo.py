@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from deployer.settings import RegistrySettings
 from registry.register import RegisteredVersion, register_trained
-from registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
 

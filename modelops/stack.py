@@ -21,14 +21,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from modelops.processes import Service, ServiceFailed, port_in_use
 from modelops.settings import StackSettings
-from modelops.triton_runtime import TritonPorts, prepare_backends, triton_command, triton_environment
 from modelspec import Routing
+from servers.processes import Service, ServiceFailed, port_in_use
+from servers.tritonserver import TritonPorts, prepare_backends, triton_command, triton_environment
 
 if TYPE_CHECKING:
-    from registry.settings import RegistrySettings
-    from registry.sync import SyncController
+    from deployer.settings import RegistrySettings
+    from deployer.sync import SyncController
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class EmbeddedStack:
 
     def registry_settings(self) -> RegistrySettings:
         """RegistrySettings pointing at this stack's MLflow, Triton and repository."""
-        from registry.settings import RegistrySettings
+        from deployer.settings import RegistrySettings
 
         return RegistrySettings(
             tracking_uri=self.settings.tracking_uri,
@@ -187,7 +187,7 @@ class EmbeddedStack:
     def _bootstrap(self) -> None:
         from mlflow import MlflowClient
 
-        from registry.sync import managed_models
+        from deployer.sync import managed_models
 
         rs = self.registry_settings()
         client = MlflowClient(rs.tracking_uri)
@@ -205,7 +205,7 @@ class EmbeddedStack:
         log.info("set %s@champion -> version %d", DEMO_MODEL, version.version)
 
     def _first_sync(self) -> None:
-        from registry.sync import SyncController
+        from deployer.sync import SyncController
 
         controller = SyncController(self.registry_settings())
         self.controller = controller

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from deployer.settings import RegistrySettings
 from modelspec import Manifest, Routing
-from registry.settings import RegistrySettings
 
 
 def collect_status(settings: RegistrySettings) -> list[dict[str, Any]]:
     """One row per (model, alias) from MLflow, the model repository and Triton."""
     from mlflow import MlflowClient
 
-    from registry.sync import STATUS_TAG, managed_models
-    from registry.triton_control import TritonControl, TritonControlError
+    from deployer.sync import managed_models
+    from deployer.triton_control import TritonControl, TritonControlError
+    from modelspec.tags import SYNC_STATUS_TAG
 
     client = MlflowClient(settings.tracking_uri)
     triton = TritonControl(settings.triton_endpoints()[0], timeout_s=5)
@@ -51,7 +52,7 @@ def collect_status(settings: RegistrySettings) -> list[dict[str, Any]]:
                     "run_id": mv.run_id if mv else None,
                     "data_hash": (manifest.data_hash if manifest else tags.get("modelops.data_hash", ""))[:19],
                     "serving_since": routing.serving_since.get(alias, ""),
-                    "sync_status": tags.get(STATUS_TAG, ""),
+                    "sync_status": tags.get(SYNC_STATUS_TAG, ""),
                 }
             )
     triton.close()

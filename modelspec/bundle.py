@@ -1,10 +1,8 @@
-"""The files of one served version and the routing document of a model.
+"""The files of one served version: what registration writes and every Triton replica serves.
 
 ``model_repository/<model>/<N>/`` holds :data:`BUNDLE_FILES` and any of
-:data:`OPTIONAL_BUNDLE_FILES` the version was exported with; ``N`` is the MLflow version.
-``model_repository/<model>/routing.json`` (:class:`Routing`) says which version serves which
-alias; only the sync controller writes it, after the version passed its smoke
-test in Triton, and the gateway follows it.
+:data:`OPTIONAL_BUNDLE_FILES` the version was exported with; ``N`` is the MLflow version. The
+layout around the bundles (``config.pbtxt``, ``routing.json``) is :mod:`modelspec.repository`.
 """
 
 from __future__ import annotations
@@ -16,18 +14,32 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MODEL_FILE = "model.onnx"
-SCHEMA_FILE = "schema.json"
-PROFILE_FILE = "profile.json"
-REFERENCE_FILE = "reference.json"
-MANIFEST_FILE = "manifest.json"
-BUNDLE_FILES = (MODEL_FILE, SCHEMA_FILE, PROFILE_FILE, REFERENCE_FILE, MANIFEST_FILE)
-TORCH_MODEL_FILE = "model.pt"
-"""TorchScript export of the trained module, parity-checked like the ONNX file. The embedded
-backend runs it on the GPU where onnxruntime has no CUDA provider (no ``onnxruntime-gpu``)."""
-OPTIONAL_BUNDLE_FILES = (TORCH_MODEL_FILE,)
-"""Files a version may carry besides :data:`BUNDLE_FILES`; copied with the bundle when present."""
-ROUTING_FILE = "routing.json"
+from modelspec.layout import (
+    BUNDLE_FILES,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    OPTIONAL_BUNDLE_FILES,
+    PROFILE_FILE,
+    REFERENCE_FILE,
+    SCHEMA_FILE,
+    TORCH_MODEL_FILE,
+)
+
+__all__ = [
+    "BUNDLE_FILES",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "OPTIONAL_BUNDLE_FILES",
+    "PROFILE_FILE",
+    "REFERENCE_FILE",
+    "SCHEMA_FILE",
+    "TORCH_MODEL_FILE",
+    "Manifest",
+    "Reference",
+    "utc_now",
+    "write_atomic",
+    "write_bundle_documents",
+]
 
 
 def utc_now() -> str:
@@ -63,37 +75,6 @@ class Reference(BaseModel):
     categorical: list[list[int]]
     outputs: dict[str, list[float]]
     tolerance: float
-
-
-class Routing(BaseModel):
-    """Which version answers for which alias, as last verified by the sync controller."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_name: str
-    champion: int | None = None
-    challenger: int | None = None
-    previous_champion: int | None = None
-    champion_run_id: str | None = None
-    challenger_run_id: str | None = None
-    updated_at: str = Field(default_factory=utc_now)
-    serving_since: dict[str, str] = {}
-
-    def loaded_versions(self) -> list[int]:
-        """The versions Triton must keep loaded, ascending."""
-        return sorted({v for v in (self.champion, self.challenger, self.previous_champion) if v is not None})
-
-    @classmethod
-    def read(cls, model_dir: Path) -> Routing | None:
-        """Read ``<model_dir>/routing.json``; None when the model has never been served."""
-        path = model_dir / ROUTING_FILE
-        if not path.exists():
-            return None
-        return cls.model_validate_json(path.read_bytes())
-
-    def write(self, model_dir: Path) -> None:
-        """Write atomically (temp file + rename), so a reader never sees half a document."""
-        write_atomic(model_dir / ROUTING_FILE, self.model_dump_json(indent=2).encode())
 
 
 def write_bundle_documents(

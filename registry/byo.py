@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from deployer.settings import RegistrySettings, get_registry_settings
 from modelspec import CategoricalFeature, ModelSchema, NumericFeature, OutputSpec, QualityMetric
 from registry.register import RegisteredVersion, register_trained
-from registry.settings import RegistrySettings, get_registry_settings
 from registry.tabular import TrainingResult, encode, regression_metrics
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelspec import SCHEMA_FILE, ModelSchema, breaking_changes
-from registry.register import BUNDLE_ARTIFACT_PATH
+from modelspec.tags import BUNDLE_ARTIFACT_PATH
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

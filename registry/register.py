@@ -17,18 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deployer.settings import RegistrySettings
 from modelspec import Manifest, ModelSchema
 from modelspec.bundle import MODEL_FILE, TORCH_MODEL_FILE, write_bundle_documents
+from modelspec.tags import BUNDLE_ARTIFACT_PATH, MANAGED_TAG, TAG_PREFIX
 from registry.export import export_onnx, export_torchscript
 from registry.profiling import build_profile
-from registry.settings import RegistrySettings
 from registry.tabular import TrainingResult, encode
 
 log = logging.getLogger(__name__)
-
-BUNDLE_ARTIFACT_PATH = "serving"
-MANAGED_TAG = "modelops.managed"
-TAG_PREFIX = "modelops."
 
 
 @dataclass(frozen=True)

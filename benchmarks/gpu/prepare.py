@@ -3,7 +3,7 @@
 The demo model (NREL TMY3 solar irradiance, :mod:`registry.demo_data`) is trained, exported to
 ONNX and to TorchScript (both parity-checked by :mod:`registry.export`), and written as version
 1 of several models that differ only in how Triton serves them (:class:`Variant`), through
-:func:`registry.repository.render_config`, ``write_config`` and ``materialize_version``: the
+:func:`modelspec.repository.render_config`, ``write_config`` and ``materialize_version``: the
 same path the sync controller takes. No MLflow server is involved.
 
 The output folder holds ``repository/`` (what Triton serves) and ``plan.json`` (the variants and
@@ -102,11 +102,11 @@ def build_repository(
     import torch
 
     from modelspec.bundle import MODEL_FILE, TORCH_MODEL_FILE, Manifest, write_bundle_documents
+    from modelspec.repository import ServingOptions, materialize_version, render_config, write_config
     from registry.demo_data import demo_schema, load_demo_dataset
     from registry.export import export_onnx, export_torchscript
     from registry.profiling import build_profile
     from registry.register import git_commit
-    from registry.repository import ServingOptions, materialize_version, render_config, write_config
     from registry.tabular import encode, train_regressor
 
     delay = ServingOptions().max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us

@@ -1,6 +1,6 @@
 """The bundled ``tritonserver`` under test: start it on a model repository, load models, read its APIs.
 
-It runs through :mod:`modelops.triton_runtime` and :mod:`modelops.processes`, exactly as the
+It runs through :mod:`servers.tritonserver` and :mod:`servers.processes`, exactly as the
 embedded stack runs it, with a few server flags a load test needs on top (metrics every 500 ms).
 """
 
@@ -33,7 +33,7 @@ def ensure_pytriton_importable() -> None:
 
     The wheel's package ``__init__`` imports its Python client, which needs ``tritonclient``;
     a bare GPU host has the wheel but not tritonclient, while the server binary needs neither.
-    :mod:`modelops.triton_runtime` only reads ``pytriton.__file__`` to find the binary, so when
+    :mod:`servers.tritonserver` only reads ``pytriton.__file__`` to find the binary, so when
     the real import fails, register a bare module object that points at the installed package.
     """
     try:
@@ -119,8 +119,8 @@ class TritonServer:
     def start(self, timeout_s: float = 120.0) -> None:
         """Build the backend directory, start Triton, wait until it is live."""
         ensure_pytriton_importable()
-        from modelops.processes import Service, free_port
-        from modelops.triton_runtime import TritonPorts, prepare_backends, triton_command, triton_environment
+        from servers.processes import Service, free_port
+        from servers.tritonserver import TritonPorts, prepare_backends, triton_command, triton_environment
 
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())

@@ -10,6 +10,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY modelspec/ modelspec/
+COPY tritonio/ tritonio/
 COPY gateway/ gateway/
 COPY modelops/ modelops/
 RUN pip install ".[gateway]" \

@@ -13,11 +13,12 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY modelspec/ modelspec/
-COPY registry/ registry/
+COPY tritonio/ tritonio/
+COPY deployer/ deployer/
 COPY modelops/ modelops/
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0" \
  && pip install ".[registry]" \
- && python -c "import registry.sync, modelops.cli"
+ && python -c "import deployer.sync, modelops.cli"
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 modelops \

@@ -19,7 +19,7 @@ PREFIXES = {"MODELOPS_REGISTRY_": "registry", "MODELOPS_GATEWAY_": "gateway"}
 
 def _settings_class(kind: str) -> type[BaseModel]:
     if kind == "registry":
-        from registry.settings import RegistrySettings
+        from deployer.settings import RegistrySettings
 
         return RegistrySettings
     from gateway.settings import GatewaySettings

@@ -32,7 +32,7 @@ def _parse(text: str) -> model_config_pb2.ModelConfig:
 
 
 def _render(**options: object) -> model_config_pb2.ModelConfig:
-    from registry.repository import ServingOptions, render_config
+    from modelspec.repository import ServingOptions, render_config
 
     text = render_config("solar_ghi", [_demo_schema()], [3, 4], ServingOptions(**options))  # type: ignore[arg-type]
     return _parse(text)

@@ -19,9 +19,9 @@ import pytest
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
-from modelops.processes import free_port
 from modelops.settings import StackSettings
 from modelops.stack import EmbeddedStack
+from servers.processes import free_port
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from benchmarks.cli import main
-from benchmarks.recording import STATUS_TAG, SUMMARY_TAG
+from modelspec.tags import LOADTEST_STATUS_TAG as STATUS_TAG
+from modelspec.tags import LOADTEST_SUMMARY_TAG as SUMMARY_TAG
 from tests.integration.conftest import RunningStack
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.testing import metric_value
-from modelops.processes import free_port
 from modelspec import ModelSchema, NumericFeature, Routing
+from servers.processes import free_port
 from tests.integration.conftest import RunningStack, Trained, train_and_promote
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 
 from modelops.cli import main
 from modelspec import Routing
-from registry.sync import FORCE_TAG, STATUS_TAG
+from modelspec.tags import FORCE_TAG
+from modelspec.tags import SYNC_STATUS_TAG as STATUS_TAG
 from tests.integration.conftest import RunningStack, Trained, train_and_promote
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from modelspec import BUNDLE_FILES, Manifest, Routing
-from registry.repository import validate_config
+from modelspec.repository import validate_config
 from registry.tabular import encode
 from tests.integration.conftest import RunningStack, stack_settings
 

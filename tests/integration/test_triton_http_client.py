@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.errors import ModelNotReady, UpstreamError
 from gateway.settings import GatewaySettings
-from gateway.triton import TritonClient, TritonHttpClient, make_client
+from gateway.upstream import TritonClient, TritonHttpClient, make_client
 from modelspec import Routing
 from registry.tabular import encode
 from tests.integration.conftest import RunningStack

@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from modelspec import Routing
-from registry.repository import STAGING_DIR, is_complete, version_dir
+from modelspec.repository import STAGING_DIR, is_complete, version_dir
 from tests.integration.conftest import RunningStack, Trained, train_and_promote
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def test_killed_triton_answers_503_fast_then_recovers_with_the_same_versions(run
     assert httpx.get(f"{running_stack.gateway_url}/healthz/ready").status_code == 503
 
     stack.supervise_once()  # restart Triton and reload what was served
-    from registry.triton_control import TritonControl
+    from deployer.triton_control import TritonControl
 
     control = TritonControl(stack.triton_http)
     assert control.ready_versions("solar_ghi") == set(routing.loaded_versions())
@@ -90,7 +90,7 @@ def test_sync_killed_mid_copy_leaves_nothing_loadable_and_the_next_run_completes
         f"""
         import shutil, sys, time
         from pathlib import Path
-        from registry import repository
+        from modelspec import repository
         real = shutil.copyfile
         def slow(src, dst, *a, **k):
             real(src, dst, *a, **k)

@@ -31,7 +31,7 @@ from benchmarks.compare import (
 from benchmarks.gate import ServedModel
 from benchmarks.loadrun import ENGINES, HttpTarget, Load, run_load
 from benchmarks.payloads import PreparedRequest
-from benchmarks.servers import config_without_batching
+from benchmarks.peers import config_without_batching
 from benchmarks.stats import GeneratorHealth, WindowStats
 from modelspec import ModelSchema, NumericFeature, OutputSpec
 

@@ -21,8 +21,8 @@ from gateway.app import create_app
 from gateway.errors import ModelNotReady, UpstreamError, UpstreamTimeout
 from gateway.settings import GatewaySettings
 from gateway.testing import MODEL, FakeTriton, demo_schema, factory, write_repository
-from gateway.triton import _translate
-from modelops.processes import free_port
+from gateway.upstream import _translate
+from servers.processes import free_port
 
 RECORD = demo_schema().example_record()
 

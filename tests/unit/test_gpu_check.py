@@ -158,7 +158,7 @@ def test_server_half_of_pytriton_is_found_without_its_client_dependencies():
         sys.modules["tritonclient"] = None  # as if it were not installed
         from benchmarks.gpu.server import ensure_pytriton_importable
         ensure_pytriton_importable()
-        from modelops.triton_runtime import pytriton_root
+        from servers.tritonserver import pytriton_root
         assert (pytriton_root() / "bin" / "tritonserver").is_file()
         """
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelspec import BUNDLE_FILES, Manifest, ModelSchema, NumericFeature, OutputSpec
-from registry.repository import (
+from modelspec.repository import (
     ConfigError,
     RepositoryError,
     ServingOptions,

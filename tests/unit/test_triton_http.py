@@ -22,8 +22,8 @@ import uvloop
 
 from gateway.errors import GatewayError, ModelNotReady, UpstreamError, UpstreamTimeout
 from gateway.settings import GatewaySettings
-from gateway.triton import TritonClient, TritonHttpClient, make_client
-from modelops.processes import free_port
+from gateway.upstream import TritonClient, TritonHttpClient, make_client
+from servers.processes import free_port
 
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
 TENSORS = {
@@ -477,7 +477,7 @@ def test_only_one_retry_and_never_on_a_fresh_connection(run) -> None:
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_used(run, caplog) -> None:
-    caplog.set_level(logging.DEBUG, logger="gateway.triton")
+    caplog.set_level(logging.DEBUG, logger="gateway.upstream")
 
     async def body() -> None:
         async with FakeTritonHttp() as server:

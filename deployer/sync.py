@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from deployer.settings import RegistrySettings
+from deployer.triton_control import TritonControl, TritonControlError
 from modelspec import (
     MANIFEST_FILE,
     REFERENCE_FILE,
@@ -45,8 +47,7 @@ from modelspec import (
     breaking_changes,
 )
 from modelspec.bundle import utc_now
-from registry.register import BUNDLE_ARTIFACT_PATH, MANAGED_TAG, TAG_PREFIX
-from registry.repository import (
+from modelspec.repository import (
     check_model_name,
     is_complete,
     materialize_version,
@@ -54,8 +55,14 @@ from registry.repository import (
     version_dir,
     write_config,
 )
-from registry.settings import RegistrySettings
-from registry.triton_control import TritonControl, TritonControlError
+from modelspec.tags import (
+    BUNDLE_ARTIFACT_PATH,
+    FORCE_TAG,
+    HISTORY_TAG,
+    LOADTEST_STATUS_TAG,
+    MANAGED_TAG,
+    SYNC_STATUS_TAG,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -63,10 +70,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-HISTORY_TAG = f"{TAG_PREFIX}champion_history"
-FORCE_TAG = f"{TAG_PREFIX}force"
-STATUS_TAG = f"{TAG_PREFIX}sync_status"
-LOADTEST_TAG = f"{TAG_PREFIX}loadtest_status"
 
 
 class GateFailed(RuntimeError):
@@ -330,9 +333,9 @@ class SyncController:
         if tags.get(FORCE_TAG) == "true":
             log.warning("sync %s: v%d is forced past the gates", model, version)
             return
-        if self.settings.require_load_test and alias == CHAMPION and tags.get(LOADTEST_TAG) != "passed":
+        if self.settings.require_load_test and alias == CHAMPION and tags.get(LOADTEST_STATUS_TAG) != "passed":
             raise GateFailed(
-                f"no passing load test recorded ({LOADTEST_TAG}={tags.get(LOADTEST_TAG, 'missing')}); "
+                f"no passing load test recorded ({LOADTEST_STATUS_TAG}={tags.get(LOADTEST_STATUS_TAG, 'missing')}); "
                 f"run `modelops bench --model {model} --version {version}` first"
             )
         live = routing.champion
@@ -371,7 +374,7 @@ class SyncController:
 
     def _mark(self, model: str, version: int, status: str) -> None:
         try:
-            self.client.set_model_version_tag(model, str(version), STATUS_TAG, status[:4000])
+            self.client.set_model_version_tag(model, str(version), SYNC_STATUS_TAG, status[:4000])
         except Exception as exc:  # the registry may be down; the log line still says it
             log.warning("could not tag %s v%d with %r: %s", model, version, status, exc)
 

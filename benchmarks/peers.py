@@ -18,8 +18,8 @@ from types import TracebackType
 
 import httpx
 
-from modelops.processes import Service, ServiceFailed, free_port
 from modelspec import SCHEMA_FILE, ModelSchema
+from servers.processes import Service, ServiceFailed, free_port
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def config_without_batching(config_text: str, version: int) -> str:
 
 def rendered_config_without_batching(model: str, schema: ModelSchema, version: int) -> str:
     """A config from the registry's renderer (embedded target, batching off), when the served one is not readable."""
-    from registry.repository import ServingOptions, render_config
+    from modelspec.repository import ServingOptions, render_config
 
     return render_config(model, [schema], [version], ServingOptions(dynamic_batching=False))
 
@@ -108,7 +108,7 @@ class TemporaryTriton:
 
     def __enter__(self) -> TemporaryTriton:
         """Write the repository, start Triton, load the model; stop everything on failure."""
-        from modelops.triton_runtime import TritonPorts, prepare_backends, triton_command, triton_environment
+        from servers.tritonserver import TritonPorts, prepare_backends, triton_command, triton_environment
 
         repo = self.workdir / "model_repository"
         if repo.exists():

@@ -14,7 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from registry.repository import ServingOptions
+    from modelspec.repository import ServingOptions
 
 
 class RegistrySettings(BaseSettings):
@@ -90,7 +90,7 @@ class RegistrySettings(BaseSettings):
 
     def serving_options(self) -> ServingOptions:
         """How generated configs ask Triton to serve (target, device, batching)."""
-        from registry.repository import ServingOptions
+        from modelspec.repository import ServingOptions
 
         return ServingOptions(
             target=self.target,

@@ -1,9 +1,13 @@
-"""Writes the Triton model repository: version folders and ``config.pbtxt``.
+"""The Triton model repository's format, and the only code that writes it.
 
 Layout (Triton's): ``<root>/<model>/config.pbtxt`` and ``<root>/<model>/<N>/`` where ``N`` is
-the MLflow version. A version folder is staged under ``<root>/.staging/`` and renamed into
-place, so Triton never sees a half-written version; once there it is never overwritten.
-Every config is parsed with Triton's own ``ModelConfig`` protobuf before it is written.
+the MLflow version; beside them ``<root>/<model>/routing.json`` (:class:`Routing`) says which
+version serves which alias: only the sync controller writes it, after the version passed its
+smoke test in every Triton, and the gateway follows it. A version folder is staged under
+``<root>/.staging/`` and renamed into place, so Triton never sees a half-written version; once there it
+is never overwritten.
+Every config is parsed with Triton's own ``ModelConfig`` protobuf before it is written (imported
+only then: readers of the format need neither protobuf nor tritonclient).
 """
 
 from __future__ import annotations
@@ -14,19 +18,25 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from modelspec import BUNDLE_FILES, MANIFEST_FILE, SCHEMA_FILE, Manifest, ModelSchema
-from modelspec.bundle import OPTIONAL_BUNDLE_FILES, write_atomic
-from modelspec.schema import NAME_PATTERN
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelspec.bundle import Manifest, utc_now, write_atomic
+from modelspec.layout import (
+    BUNDLE_FILES,
+    CONFIG_FILE,
+    EMBEDDED_BACKEND,
+    MANIFEST_FILE,
+    OPTIONAL_BUNDLE_FILES,
+    ROUTING_FILE,
+    SCHEMA_FILE,
+    STAGING_DIR,
+)
+from modelspec.schema import NAME_PATTERN, ModelSchema
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_BACKEND = "onnxruntime_py"
-"""The Python-based backend (``triton_backend/onnxruntime_py``) that serves every version."""
-STAGING_DIR = ".staging"
 
 
 class RepositoryError(RuntimeError):
@@ -37,9 +47,10 @@ class ConfigError(RepositoryError):
     """A generated ``config.pbtxt`` does not parse as Triton's ModelConfig."""
 
 
-@dataclass(frozen=True)
-class ServingOptions:
-    """How Triton should run a model: target backend, device, batching."""
+class ServingOptions(BaseModel):
+    """How Triton should run a model: target backend, device, batching (one ``config.pbtxt``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     target: Literal["embedded", "native"] = "embedded"
     gpu: bool = False
@@ -49,6 +60,40 @@ class ServingOptions:
     instance_count: int = 1
     ort_threads: int = 1
     tensorrt_fp16: bool = False
+
+
+class Routing(BaseModel):
+    """Which version answers for which alias, as last verified by the sync controller."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str
+    champion: int | None = None
+    challenger: int | None = None
+    previous_champion: int | None = None
+    champion_run_id: str | None = None
+    challenger_run_id: str | None = None
+    updated_at: str = Field(default_factory=utc_now)
+    serving_since: dict[str, str] = {}
+    serving: ServingOptions | None = None
+    """The options the loaded ``config.pbtxt`` was rendered with (``max_batch_size`` tells the gateway
+    where to split a request); None in documents written before it was recorded."""
+
+    def loaded_versions(self) -> list[int]:
+        """The versions Triton must keep loaded, ascending."""
+        return sorted({v for v in (self.champion, self.challenger, self.previous_champion) if v is not None})
+
+    @classmethod
+    def read(cls, model_dir: Path) -> Routing | None:
+        """Read ``<model_dir>/routing.json``; None when the model has never been served."""
+        path = model_dir / ROUTING_FILE
+        if not path.exists():
+            return None
+        return cls.model_validate_json(path.read_bytes())
+
+    def write(self, model_dir: Path) -> None:
+        """Write atomically (temp file + rename), so a reader never sees half a document."""
+        write_atomic(model_dir / ROUTING_FILE, self.model_dump_json(indent=2).encode())
 
 
 def check_model_name(name: str) -> str:
@@ -130,7 +175,7 @@ def validate_config(text: str, expected_name: str | None = None) -> None:
 def write_config(root: Path, name: str, text: str) -> bool:
     """Atomically write ``<root>/<name>/config.pbtxt``; return False when it was already identical."""
     validate_config(text, expected_name=name)
-    path = root / check_model_name(name) / "config.pbtxt"
+    path = root / check_model_name(name) / CONFIG_FILE
     if path.exists() and path.read_text() == text:
         return False
     write_atomic(path, text.encode())

@@ -18,9 +18,10 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelspec.layout import EMBEDDED_BACKEND
+
 log = logging.getLogger(__name__)
 
-EMBEDDED_BACKEND = "onnxruntime_py"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKEND_SOURCE = REPO_ROOT / "triton_backend" / EMBEDDED_BACKEND / "model.py"
 
