@@ -1,4 +1,4 @@
-"""Settings of the registry side: MLflow, the model repository, Triton control and sync.
+"""Settings of the deployer: MLflow, the model repository, Triton control and sync.
 
 Read from ``MODELOPS_REGISTRY_*`` environment variables; every field is documented below and
 validated when the settings are built, so a bad value fails at startup, not mid-sync.
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class RegistrySettings(BaseSettings):
-    """Where the registry finds MLflow and Triton, and how it writes model repositories."""
+    """Where the deployer (and registration) finds MLflow and Triton, and how model repositories are written."""
 
     model_config = SettingsConfigDict(env_prefix="MODELOPS_REGISTRY_", extra="ignore")
 

@@ -2,17 +2,19 @@
 
 For every managed model (registered model tag ``modelops.managed=true``) one pass:
 
-1. reads the aliases ``champion`` and ``challenger`` from MLflow;
-2. gates a new champion (schema must not break the live contract; quality metric not worse
-   than the live champion's beyond the configured margin; a version tagged ``modelops.force``
-   skips the gates);
-3. copies every wanted version's bundle into ``model_repository/<model>/<N>/`` (atomic, never
-   overwritten) and rewrites ``config.pbtxt`` so the loaded set is {champion, challenger,
-   previous champion};
-4. loads the model in every Triton replica (explicit mode; versions that stay keep serving);
-5. runs a smoke inference on each new version and compares it with the outputs stored at
-   export;
-6. only then rewrites ``routing.json``, which the gateway follows.
+1. gathers: the aliases ``champion`` and ``challenger`` from MLflow, ``routing.json``, and each
+   wanted version's bundle, read once (:class:`deployer.plan.VersionBundle`) after copying it
+   into ``model_repository/<model>/<N>/`` when missing (atomic, never overwritten);
+2. plans (:func:`deployer.plan.plan_pass`, no I/O): the gates of each version new to an alias
+   (schema must not break the live contract; a new champion's quality metric not worse than the
+   live champion's beyond the configured margin; a version tagged ``modelops.force`` skips the
+   gates), the loaded set {champion, challenger, previous champion} and its ``config.pbtxt``;
+3. applies the plan step by step, recording each step per version and per Triton replica in
+   :attr:`SyncOutcome.steps`: writes ``config.pbtxt``, loads the model in every replica
+   (explicit mode; versions that stay keep serving), runs a smoke inference on each new version
+   there and compares it with the outputs stored at export;
+4. only then rewrites ``routing.json`` (with the serving options the config was rendered with),
+   which the gateway follows.
 
 A failure at any step leaves the old routing (and the old versions loaded) in place, and
 says why: a log line, the version tag ``modelops.sync_status``, the metric
@@ -28,63 +30,48 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from deployer.outcome import StepRecord, SyncOutcome
+from deployer.plan import (
+    CHALLENGER,
+    CHAMPION,
+    PlanSettings,
+    SyncPlan,
+    VersionBundle,
+    Wanted,
+    plan_pass,
+    wanted_from_aliases,
+)
 from deployer.settings import RegistrySettings
 from deployer.triton_control import TritonControl, TritonControlError
-from modelspec import (
-    MANIFEST_FILE,
-    REFERENCE_FILE,
-    SCHEMA_FILE,
-    Manifest,
-    ModelSchema,
-    Reference,
-    Routing,
-    breaking_changes,
-)
+from modelspec import Routing
 from modelspec.bundle import utc_now
-from modelspec.repository import (
-    check_model_name,
-    is_complete,
-    materialize_version,
-    render_config,
-    version_dir,
-    write_config,
-)
-from modelspec.tags import (
-    BUNDLE_ARTIFACT_PATH,
-    FORCE_TAG,
-    HISTORY_TAG,
-    LOADTEST_STATUS_TAG,
-    MANAGED_TAG,
-    SYNC_STATUS_TAG,
-)
+from modelspec.repository import check_model_name, is_complete, materialize_version, version_dir, write_config
+from modelspec.tags import BUNDLE_ARTIFACT_PATH, HISTORY_TAG, MANAGED_TAG, SYNC_STATUS_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "GateFailed",
+    "StepRecord",
+    "SyncController",
+    "SyncMetrics",
+    "SyncOutcome",
+    "managed_models",
+]
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+log = logging.getLogger(__name__)
 
 
 class GateFailed(RuntimeError):
     """A version may not be served: the message says which gate and why."""
-
-
-@dataclass
-class SyncOutcome:
-    """What one reconcile pass of one model did."""
-
-    model: str
-    changed: bool = False
-    routing: Routing | None = None
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class SyncMetrics:
@@ -182,131 +169,185 @@ class SyncController:
             stop.wait(delay)
 
     def _reconcile_safely(self, model: str) -> SyncOutcome:
+        partial = SyncOutcome(model=model)  # keeps the steps recorded before an exception
         try:
-            outcome = self.reconcile(model)
+            outcome = self.reconcile(model, partial)
         except (TritonControlError, OSError) as exc:
             log.error("sync %s: %s", model, exc)
             self.metrics.errors.labels(model, "triton").inc()
-            return SyncOutcome(model=model, error=f"unreachable or failed Triton: {exc}")
+            return SyncOutcome(
+                model=model, error=f"unreachable or failed Triton: {exc}", steps=partial.steps, plan=partial.plan
+            )
         except Exception as exc:
             log.exception("sync %s failed", model)
             self.metrics.errors.labels(model, type(exc).__name__).inc()
-            return SyncOutcome(model=model, error=str(exc))
+            return SyncOutcome(model=model, error=str(exc), steps=partial.steps, plan=partial.plan)
         if outcome.error is None:
             self.metrics.last_success.labels(model).set(time.time())
         return outcome
 
-    def reconcile(self, model: str) -> SyncOutcome:
-        """Bring Triton and ``routing.json`` of ``model`` in line with its MLflow aliases."""
+    def reconcile(self, model: str, outcome: SyncOutcome | None = None) -> SyncOutcome:
+        """Bring Triton and ``routing.json`` of ``model`` in line with its MLflow aliases.
+
+        Gathers the inputs (each wanted version's bundle read once), plans the pass
+        (:func:`deployer.plan.plan_pass`), then applies it step by step. Each step's outcome is
+        recorded in ``outcome`` as it happens, so a caller that catches an exception still has them.
+        """
         check_model_name(model)
-        outcome = SyncOutcome(model=model)
-        model_dir = self.root / model
-        routing = Routing.read(model_dir) or Routing(model_name=model)
-        aliases = self.aliases(model)
-        champion, challenger = aliases.get(CHAMPION), aliases.get(CHALLENGER)
-        if champion is None:
+        outcome = outcome if outcome is not None else SyncOutcome(model=model)
+        routing = Routing.read(self.root / model) or Routing(model_name=model)
+        wanted = wanted_from_aliases(routing, self.aliases(model))
+        if wanted is None:
             outcome.notes.append("no champion alias: nothing to serve")
             outcome.routing = routing
             return outcome
-
-        previous = routing.previous_champion
-        if routing.champion is not None and routing.champion != champion:
-            previous = routing.champion
-        if previous == champion:
-            previous = None
-
-        new_routing = routing.model_copy(deep=True)
-        new_routing.model_name = model
-        gated: list[tuple[str, int]] = []
-        if champion != routing.champion:
-            gated.append((CHAMPION, champion))
-        if challenger is not None and challenger != routing.challenger:
-            gated.append((CHALLENGER, challenger))
-        wanted = {v for v in (champion, challenger, previous) if v is not None}
-
-        for v in sorted(wanted):
-            self._ensure_materialized(model, v)
-        for alias, v in gated:
-            try:
-                self._gate(model, alias, v, routing)
-                self._blocked.pop((model, alias, v), None)
-            except GateFailed as exc:
-                if self._blocked.get((model, alias, v)) != str(exc):
-                    self._blocked[(model, alias, v)] = str(exc)
-                    self._mark(model, v, f"blocked: {exc}")
-                    self.metrics.errors.labels(model, "gate").inc()
-                    log.error("sync %s: version %d not served as %s: %s", model, v, alias, exc)
-                outcome.error = f"v{v} as {alias}: {exc}"
-                # Keep serving what was there; drop the blocked version from the wanted set.
-                if alias == CHAMPION:
-                    champion, previous = routing.champion, routing.previous_champion
-                else:
-                    challenger = routing.challenger
-                wanted = {x for x in (champion, challenger, previous) if x is not None}
-        if champion is None:
+        bundles = self._read_bundles(model, wanted, routing, outcome)
+        tags = {v: self._version_tags(model, v) for v in dict.fromkeys(v for _, v in wanted.gated)}
+        settings = PlanSettings(
+            options=self.options,
+            quality_margin=self.settings.quality_margin,
+            require_load_test=self.settings.require_load_test,
+        )
+        plan = plan_pass(model, routing, wanted, bundles, tags, settings)
+        outcome.plan = plan
+        self._apply_verdicts(plan, outcome)
+        if plan.champion is None:
             outcome.routing = routing
             return outcome
-
         tritons = self.tritons
-        loaded_before = routing.loaded_versions()
-        schemas = [self._schema(model, v) for v in sorted(wanted)]
-        config = render_config(model, schemas, wanted, self.options)
-        config_changed = write_config(self.root, model, config)
-        new_versions = [v for v in sorted(wanted) if v not in loaded_before]
-        needs_load = config_changed or any(wanted - t.ready_versions(model) for t in tritons)
-        if needs_load:
-            try:
-                for t in tritons:
-                    t.load(model)
-                for v in new_versions:
-                    ref = Reference.model_validate_json(
-                        (version_dir(self.root, model, v) / REFERENCE_FILE).read_bytes()
-                    )
-                    for t in tritons:
-                        err = t.smoke_test(model, v, self._schema(model, v), ref)
-                        log.info("smoke test %s v%d on %s: max abs error %.3g", model, v, t.url, err)
-            except TritonControlError as exc:
-                reason = str(exc)
-                for v in new_versions:
-                    self._mark(model, v, f"failed: {reason}")
-                self.metrics.errors.labels(model, "load_or_smoke").inc()
-                log.error("sync %s: %s; reverting to versions %s", model, reason, loaded_before)
-                self._revert(model, routing)
-                outcome.error = reason
-                return outcome
-            outcome.changed = True
-
-        now = utc_now()
-        if champion != routing.champion:
-            new_routing.serving_since[CHAMPION] = now
-            self._record_history(model, champion)
-        if challenger != routing.challenger:
-            if challenger is None:
-                new_routing.serving_since.pop(CHALLENGER, None)
-            else:
-                new_routing.serving_since[CHALLENGER] = now
-        new_routing.champion, new_routing.challenger, new_routing.previous_champion = (
-            champion,
-            challenger,
-            previous,
-        )
-        new_routing.champion_run_id = self._manifest(model, champion).run_id
-        new_routing.challenger_run_id = self._manifest(model, challenger).run_id if challenger else None
-        if new_routing.model_dump(exclude={"updated_at"}) != routing.model_dump(exclude={"updated_at"}):
-            new_routing.updated_at = now
-            new_routing.write(model_dir)
-            outcome.changed = True
-            for v in new_versions:
-                self._mark(model, v, "serving")
-            log.info("sync %s: champion v%s, challenger v%s, previous v%s", model, champion, challenger, previous)
-        outcome.routing = new_routing
+        if self._load_and_smoke(plan, tritons, outcome):
+            self._route(plan, tritons, outcome)
         return outcome
 
+    # -- gathering ---------------------------------------------------------------------------
+    def _read_bundles(
+        self, model: str, wanted: Wanted, routing: Routing, outcome: SyncOutcome
+    ) -> dict[int, VersionBundle]:
+        """Every wanted version's bundle (copied from MLflow first when missing) and the routed ones on disk."""
+        for v in wanted.versions:
+            if self._ensure_materialized(model, v):
+                outcome.record(StepRecord("materialize", ok=True, version=v))
+        bundles = {v: VersionBundle.read(version_dir(self.root, model, v), v) for v in wanted.versions}
+        # The versions routed now are needed only when a gate sends an alias back to one of them;
+        # plan_pass says so (BundleMissing) if one is then unreadable.
+        for v in routing.loaded_versions():
+            if v not in bundles:
+                try:
+                    bundles[v] = VersionBundle.read(version_dir(self.root, model, v), v)
+                except (OSError, ValueError) as exc:
+                    log.debug("sync %s: routed v%d not readable: %s", model, v, exc)
+        return bundles
+
+    def _version_tags(self, model: str, version: int) -> dict[str, str]:
+        return dict(self.client.get_model_version(model, str(version)).tags or {})
+
+    # -- applying ----------------------------------------------------------------------------
+    def _apply_verdicts(self, plan: SyncPlan, outcome: SyncOutcome) -> None:
+        """Say why a version is blocked (tag, metric and log once per reason), or that it was forced."""
+        model = plan.model
+        for verdict in plan.verdicts:
+            alias, v = verdict.alias, verdict.version
+            key = (model, alias, v)
+            if verdict.reason is None:
+                if verdict.forced:
+                    log.warning("sync %s: v%d is forced past the gates", model, v)
+                self._blocked.pop(key, None)
+                outcome.record(
+                    StepRecord("gate", ok=True, version=v, reason="forced past the gates" if verdict.forced else "")
+                )
+                continue
+            if self._blocked.get(key) != verdict.reason:
+                self._blocked[key] = verdict.reason
+                self._mark(model, v, f"blocked: {verdict.reason}")
+                self.metrics.errors.labels(model, "gate").inc()
+                log.error("sync %s: version %d not served as %s: %s", model, v, alias, verdict.reason)
+            outcome.record(StepRecord("gate", ok=False, version=v, reason=verdict.reason))
+            outcome.error = f"v{v} as {alias}: {verdict.reason}"
+
+    def _load_and_smoke(self, plan: SyncPlan, tritons: list[TritonControl], outcome: SyncOutcome) -> bool:
+        """Write the config, load it where needed and smoke-test the new versions; False after a revert."""
+        model = plan.model
+        assert plan.config is not None  # a plan with a champion has a config
+        config_changed = write_config(self.root, model, plan.config)
+        outcome.record(StepRecord("config", ok=True, reason="rewritten" if config_changed else "unchanged"))
+        if not plan.needs_load(config_changed, (t.ready_versions(model) for t in tritons)):
+            # A version loaded by an earlier pass that stopped before its smoke test is not tested
+            # again here (issue 14, item 1): the smoke records of this pass say so.
+            return True
+        try:
+            for t in tritons:
+                self._load(plan, t, outcome)
+            for v in plan.new_versions:
+                self._smoke(plan, v, tritons, outcome)
+        except TritonControlError as exc:
+            reason = str(exc)
+            for v in plan.new_versions:
+                self._mark(model, v, f"failed: {reason}")
+            self.metrics.errors.labels(model, "load_or_smoke").inc()
+            log.error("sync %s: %s; reverting to versions %s", model, reason, plan.current.loaded_versions())
+            self._revert(plan, outcome)
+            outcome.error = reason
+            return False
+        outcome.changed = True
+        return True
+
+    def _load(self, plan: SyncPlan, t: TritonControl, outcome: SyncOutcome) -> None:
+        """Load the model on one replica: every version of the plan's ``keep`` is then loaded there."""
+        try:
+            t.load(plan.model)
+        except Exception as exc:
+            outcome.record(StepRecord("load", ok=False, triton=t.url, reason=str(exc)))
+            raise
+        for v in plan.keep:
+            outcome.record(StepRecord("load", ok=True, version=v, triton=t.url))
+
+    def _smoke(self, plan: SyncPlan, version: int, tritons: list[TritonControl], outcome: SyncOutcome) -> None:
+        """Smoke-test ``version`` on every replica against the outputs stored at export."""
+        bundle = plan.bundles[version]
+        try:
+            reference = bundle.reference
+        except Exception as exc:
+            outcome.record(StepRecord("smoke", ok=False, version=version, reason=f"reference unreadable: {exc}"))
+            raise
+        for t in tritons:
+            try:
+                err = t.smoke_test(plan.model, version, bundle.schema, reference)
+            except Exception as exc:
+                outcome.record(StepRecord("smoke", ok=False, version=version, triton=t.url, reason=str(exc)))
+                raise
+            outcome.record(StepRecord("smoke", ok=True, version=version, triton=t.url, max_error=err))
+            log.info("smoke test %s v%d on %s: max abs error %.3g", plan.model, version, t.url, err)
+
+    def _route(self, plan: SyncPlan, tritons: list[TritonControl], outcome: SyncOutcome) -> None:
+        """Write ``routing.json`` when it changes; tag the new versions ``serving``."""
+        model = plan.model
+        if plan.champion_changed:
+            assert plan.champion is not None
+            self._record_history(model, plan.champion)
+        new_routing = plan.routing_at(utc_now())
+        if new_routing is None:
+            outcome.routing = plan.current
+            outcome.record(StepRecord("route", ok=True, reason="unchanged"))
+            return
+        new_routing.write(self.root / model)
+        outcome.changed = True
+        for v in plan.new_versions:
+            self._mark(model, v, "serving")
+        log.info(
+            "sync %s: champion v%s, challenger v%s, previous v%s", model, plan.champion, plan.challenger, plan.previous
+        )
+        urls = [t.url for t in tritons]
+        untested = [v for v in plan.new_versions if not outcome.smoke_passed(v, urls)]
+        note = f"not smoke-tested in this pass: {untested}" if untested else ""
+        outcome.record(StepRecord("route", ok=True, reason=note))
+        outcome.routing = new_routing
+
     # -- helpers -----------------------------------------------------------------------------
-    def _ensure_materialized(self, model: str, version: int) -> None:
+    def _ensure_materialized(self, model: str, version: int) -> bool:
+        """Copy the version's bundle from MLflow when the repository lacks it; True when it copied."""
         target = version_dir(self.root, model, version)
         if is_complete(target):
-            return
+            return False
         import mlflow
 
         mv = self.client.get_model_version(model, str(version))
@@ -320,57 +361,23 @@ class SyncController:
                 tracking_uri=self.settings.tracking_uri,
             )
             materialize_version(self.root, model, version, Path(local))
+        return True
 
-    def _schema(self, model: str, version: int) -> ModelSchema:
-        return ModelSchema.model_validate_json((version_dir(self.root, model, version) / SCHEMA_FILE).read_bytes())
-
-    def _manifest(self, model: str, version: int) -> Manifest:
-        return Manifest.model_validate_json((version_dir(self.root, model, version) / MANIFEST_FILE).read_bytes())
-
-    def _gate(self, model: str, alias: str, version: int, routing: Routing) -> None:
-        mv = self.client.get_model_version(model, str(version))
-        tags = mv.tags or {}
-        if tags.get(FORCE_TAG) == "true":
-            log.warning("sync %s: v%d is forced past the gates", model, version)
+    def _revert(self, plan: SyncPlan, outcome: SyncOutcome) -> None:
+        """Put back the config of the versions routed now and reload it in every Triton."""
+        config = plan.revert_config()
+        if config is None:
             return
-        if self.settings.require_load_test and alias == CHAMPION and tags.get(LOADTEST_STATUS_TAG) != "passed":
-            raise GateFailed(
-                f"no passing load test recorded ({LOADTEST_STATUS_TAG}={tags.get(LOADTEST_STATUS_TAG, 'missing')}); "
-                f"run `modelops bench --model {model} --version {version}` first"
-            )
-        live = routing.champion
-        if live is None or live == version or not is_complete(version_dir(self.root, model, live)):
-            return
-        live_schema, cand_schema = self._schema(model, live), self._schema(model, version)
-        problems = breaking_changes(live_schema, cand_schema)
-        if problems:
-            raise GateFailed("schema would break the live contract: " + "; ".join(problems))
-        if alias != CHAMPION or routing.previous_champion == version:
-            return  # challengers are for comparing; a rollback target already served
-        metric = cand_schema.quality_metric
-        old = self._manifest(model, live).metrics.get(metric.name)
-        new = self._manifest(model, version).metrics.get(metric.name)
-        if old is None or new is None:
-            return
-        margin = self.settings.quality_margin
-        worse = new < old * (1 - margin) if metric.greater_is_better else new > old * (1 + margin)
-        if worse:
-            raise GateFailed(
-                f"{metric.name} {new:.4g} is worse than the live champion's {old:.4g} beyond the "
-                f"{margin:.0%} margin (use `modelops promote --force` if you mean it)"
-            )
-
-    def _revert(self, model: str, routing: Routing) -> None:
-        versions = routing.loaded_versions()
-        if not versions:
-            return
-        schemas = [self._schema(model, v) for v in versions]
-        write_config(self.root, model, render_config(model, schemas, versions, self.options))
+        versions = plan.current.loaded_versions()
+        write_config(self.root, plan.model, config)
         for t in self.tritons:
             try:
-                t.load(model)
+                t.load(plan.model)
             except TritonControlError as exc:
-                log.error("sync %s: could not restore versions %s on %s: %s", model, versions, t.url, exc)
+                log.error("sync %s: could not restore versions %s on %s: %s", plan.model, versions, t.url, exc)
+                outcome.record(StepRecord("revert", ok=False, triton=t.url, reason=str(exc)))
+            else:
+                outcome.record(StepRecord("revert", ok=True, triton=t.url))
 
     def _mark(self, model: str, version: int, status: str) -> None:
         try:

@@ -1,0 +1,391 @@
+"""The sync controller's plan of one pass (deployer.plan), and that plan applied with fake MLflow and Triton.
+
+The planning tests build bundles in memory: no MLflow, no Triton, no files. The tests at the end
+run ``SyncController.reconcile`` against a model repository in a temporary folder with a fake
+MLflow client and fake Triton replicas, to check what each step records and what is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from deployer.plan import (
+    BundleMissing,
+    PlanSettings,
+    SyncPlan,
+    VersionBundle,
+    Wanted,
+    plan_pass,
+    wanted_from_aliases,
+)
+from modelspec import (
+    BUNDLE_FILES,
+    CategoricalFeature,
+    Manifest,
+    ModelSchema,
+    NumericFeature,
+    OutputSpec,
+    Reference,
+    Routing,
+)
+from modelspec.repository import ServingOptions
+from modelspec.tags import FORCE_TAG, LOADTEST_STATUS_TAG, SYNC_STATUS_TAG
+
+MODEL = "m"
+NOW = "2030-01-01T00:00:00+00:00"
+OPTIONS = ServingOptions(max_batch_size=64)
+SETTINGS = PlanSettings(options=OPTIONS, quality_margin=0.05)
+
+
+def schema(categories: tuple[str, ...] = ("a", "b")) -> ModelSchema:
+    return ModelSchema(
+        model_name=MODEL,
+        features=[
+            NumericFeature(name="x", minimum=0, maximum=1, example=0.5),
+            CategoricalFeature(name="c", categories=list(categories), example=categories[0]),
+        ],
+        outputs=[OutputSpec(name="y")],
+    )
+
+
+def bundle(version: int, rmse: float = 1.0, categories: tuple[str, ...] = ("a", "b")) -> VersionBundle:
+    manifest = Manifest(
+        model_name=MODEL,
+        version=version,
+        run_id=f"run{version}",
+        data_hash="sha256:x",
+        git_commit="c",
+        parity_max_abs_error=0,
+        metrics={"rmse": rmse},
+    )
+    reference = Reference(numeric=[[0.5]], categorical=[[0]], outputs={"y": [1.0]}, tolerance=1e-4)
+    return VersionBundle(version, Path(f"/nowhere/{version}"), schema(categories), manifest, loaded_reference=reference)
+
+
+def routed(champion: int | None = None, challenger: int | None = None, previous: int | None = None) -> Routing:
+    """A routing.json as a previous pass with OPTIONS wrote it."""
+    return Routing(
+        model_name=MODEL,
+        champion=champion,
+        challenger=challenger,
+        previous_champion=previous,
+        champion_run_id=f"run{champion}" if champion else None,
+        challenger_run_id=f"run{challenger}" if challenger else None,
+        updated_at="2029-01-01T00:00:00+00:00",
+        serving_since={
+            **({"champion": "2029-01-01T00:00:00+00:00"} if champion else {}),
+            **({"challenger": "2029-01-01T00:00:00+00:00"} if challenger else {}),
+        },
+        serving=OPTIONS,
+    )
+
+
+def plan(
+    routing: Routing,
+    aliases: dict[str, int],
+    bundles: dict[int, VersionBundle],
+    tags: dict[int, dict[str, str]] | None = None,
+    settings: PlanSettings = SETTINGS,
+) -> SyncPlan:
+    wanted = wanted_from_aliases(routing, aliases)
+    assert wanted is not None
+    return plan_pass(MODEL, routing, wanted, bundles, tags or {}, settings)
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+def test_no_champion_alias_plans_nothing() -> None:
+    assert wanted_from_aliases(routed(1), {"challenger": 2}) is None
+
+
+def test_first_champion_is_loaded_smoke_tested_and_routed_with_the_serving_options() -> None:
+    p = plan(Routing(model_name=MODEL), {"champion": 1}, {1: bundle(1)})
+    assert [(v.alias, v.version, v.passed) for v in p.verdicts] == [("champion", 1, True)]
+    assert (p.champion, p.challenger, p.previous, p.keep, p.new_versions) == (1, None, None, [1], [1])
+    assert p.config is not None and "versions: [ 1 ]" in p.config and "max_batch_size: 64" in p.config
+    new = p.routing_at(NOW)
+    assert new is not None
+    assert (new.champion, new.champion_run_id, new.serving, new.updated_at) == (1, "run1", OPTIONS, NOW)
+    assert new.serving_since == {"champion": NOW}
+    assert p.champion_changed and p.revert_config() is None  # nothing was served before
+
+
+def test_promotion_of_a_new_champion_keeps_the_old_one_loaded_as_previous() -> None:
+    current = routed(1)
+    p = plan(current, {"champion": 2}, {1: bundle(1), 2: bundle(2, rmse=0.9)})
+    assert p.wanted == Wanted(champion=2, challenger=None, previous=1, gated=(("champion", 2),))
+    assert not p.blocked
+    assert (p.champion, p.previous, p.keep, p.new_versions) == (2, 1, [1, 2], [2])
+    assert p.config is not None and "versions: [ 1, 2 ]" in p.config
+    new = p.routing_at(NOW)
+    assert new is not None
+    assert (new.champion, new.previous_champion, new.champion_run_id) == (2, 1, "run2")
+    assert new.serving_since["champion"] == NOW
+    assert current.champion == 1, "the plan must not change the routing it was given"
+
+
+def test_worse_quality_keeps_the_old_champion_and_says_why() -> None:
+    p = plan(routed(2, previous=1), {"champion": 3}, {1: bundle(1), 2: bundle(2), 3: bundle(3, rmse=1.2)})
+    (verdict,) = p.blocked
+    assert verdict.version == 3 and verdict.reason is not None
+    assert "rmse 1.2 is worse than the live champion's 1" in verdict.reason and "5% margin" in verdict.reason
+    assert (p.champion, p.previous, p.keep, p.new_versions) == (2, 1, [1, 2], [])
+    assert p.routing_at(NOW) is None, "routing.json stays as it is"
+    assert not p.champion_changed
+    # Within the margin passes.
+    assert not plan(routed(2), {"champion": 3}, {2: bundle(2), 3: bundle(3, rmse=1.04)}).blocked
+
+
+def test_a_breaking_schema_blocks_a_champion_and_a_challenger() -> None:
+    narrowed = bundle(2, rmse=0.5, categories=("a",))
+    p = plan(routed(1), {"champion": 2}, {1: bundle(1), 2: narrowed})
+    assert p.champion == 1 and p.blocked[0].reason is not None
+    assert "schema would break the live contract" in p.blocked[0].reason
+    assert "lost categories ['b']" in p.blocked[0].reason
+    p = plan(routed(1), {"champion": 1, "challenger": 2}, {1: bundle(1), 2: narrowed})
+    assert [(v.alias, v.passed) for v in p.verdicts] == [("challenger", False)]
+    assert (p.challenger, p.keep) == (None, [1])
+
+
+def test_a_forced_version_skips_the_gates() -> None:
+    p = plan(routed(1), {"champion": 2}, {1: bundle(1), 2: bundle(2, rmse=9)}, tags={2: {FORCE_TAG: "true"}})
+    assert p.verdicts[0].passed and p.verdicts[0].forced and p.champion == 2
+
+
+def test_a_required_load_test_blocks_even_the_first_champion() -> None:
+    strict = PlanSettings(options=OPTIONS, require_load_test=True)
+    p = plan(Routing(model_name=MODEL), {"champion": 1}, {1: bundle(1)}, settings=strict)
+    assert p.blocked[0].reason is not None and "no passing load test recorded" in p.blocked[0].reason
+    assert p.champion is None and p.config is None and p.keep == [] and p.routing_at(NOW) is None
+    p = plan(Routing(model_name=MODEL), {"champion": 1}, {1: bundle(1)}, {1: {LOADTEST_STATUS_TAG: "passed"}}, strict)
+    assert p.champion == 1
+    # Challengers are not load-tested.
+    assert plan(routed(1), {"champion": 1, "challenger": 2}, {1: bundle(1), 2: bundle(2)}, settings=strict).challenger
+
+
+def test_adding_a_challenger_loads_it_beside_the_champion() -> None:
+    worse = bundle(2, rmse=5.0)  # challengers are for comparing: no quality gate
+    p = plan(routed(1), {"champion": 1, "challenger": 2}, {1: bundle(1), 2: worse})
+    assert p.wanted.gated == (("challenger", 2),) and not p.blocked
+    assert (p.champion, p.challenger, p.keep, p.new_versions) == (1, 2, [1, 2], [2])
+    new = p.routing_at(NOW)
+    assert new is not None and (new.challenger, new.challenger_run_id) == (2, "run2")
+    assert new.serving_since["challenger"] == NOW and new.serving_since["champion"] != NOW
+
+
+def test_removing_the_challenger_unloads_it_and_drops_it_from_routing() -> None:
+    current = routed(1, challenger=2)
+    p = plan(current, {"champion": 1}, {1: bundle(1), 2: bundle(2)})
+    assert p.verdicts == () and (p.keep, p.new_versions) == ([1], [])
+    assert p.config is not None and "versions: [ 1 ]" in p.config
+    new = p.routing_at(NOW)
+    assert new is not None and (new.challenger, new.challenger_run_id) == (None, None)
+    assert "challenger" not in new.serving_since
+    assert p.revert_config() is not None and "versions: [ 1, 2 ]" in (p.revert_config() or "")
+
+
+def test_rollback_to_the_previous_champion_skips_the_quality_gate() -> None:
+    # v1 is worse than v2 on paper, but it served before: a rollback must work.
+    p = plan(routed(2, previous=1), {"champion": 1}, {1: bundle(1, rmse=2.0), 2: bundle(2, rmse=1.0)})
+    assert p.verdicts[0].passed
+    assert (p.champion, p.previous, p.keep, p.new_versions) == (1, 2, [1, 2], [])
+    new = p.routing_at(NOW)
+    assert new is not None and (new.champion, new.previous_champion) == (1, 2)
+
+
+def test_changed_serving_options_need_a_reload_and_are_routed_after_it() -> None:
+    current = routed(1)
+    bigger = PlanSettings(options=ServingOptions(max_batch_size=32))
+    p = plan(current, {"champion": 1}, {1: bundle(1)}, settings=bigger)
+    assert p.config is not None and "max_batch_size: 32" in p.config and p.new_versions == []
+    new = p.routing_at(NOW)
+    assert new is not None and new.serving == bigger.options and new.champion == 1
+    # The revert restores the config the gateway was told about.
+    assert "max_batch_size: 64" in (p.revert_config() or "")
+
+    def ready() -> Iterator[set[int]]:
+        raise AssertionError("replicas asked although the config changed")
+        yield set()
+
+    assert p.needs_load(True, ready())
+    assert not p.needs_load(False, iter([{1}, {1, 7}]))
+    assert p.needs_load(False, iter([{1}, set()]))
+
+
+def test_routing_written_before_serving_options_were_recorded_is_rewritten_once() -> None:
+    current = routed(1).model_copy(update={"serving": None})
+    p = plan(current, {"champion": 1}, {1: bundle(1)})
+    new = p.routing_at(NOW)
+    assert new is not None and new.serving == OPTIONS and new.serving_since == current.serving_since
+    assert plan(routed(1), {"champion": 1}, {1: bundle(1)}).routing_at(NOW) is None
+
+
+def test_a_missing_bundle_fails_the_plan_with_the_version() -> None:
+    with pytest.raises(BundleMissing, match="m v2"):
+        plan(routed(1), {"champion": 2}, {1: bundle(1)})
+    # The previous champion is needed again once the new champion is blocked.
+    with pytest.raises(BundleMissing, match="m v1") as err:
+        plan(routed(2, previous=1), {"champion": 3}, {2: bundle(2), 3: bundle(3, rmse=9)})
+    assert isinstance(err.value, OSError)  # classified like the unreadable file it stands for
+
+
+def test_a_bundle_is_read_once_and_its_reference_only_when_needed(tmp_path: Path) -> None:
+    b = bundle(1)
+    (tmp_path / "schema.json").write_text(b.schema.model_dump_json())
+    (tmp_path / "manifest.json").write_text(b.manifest.model_dump_json())
+    read = VersionBundle.read(tmp_path, 1)
+    assert (read.schema, read.manifest.run_id, read.loaded_reference) == (b.schema, "run1", None)
+    assert b.loaded_reference is not None
+    (tmp_path / "reference.json").write_text(b.loaded_reference.model_dump_json())
+    assert read.reference == b.loaded_reference
+    (tmp_path / "reference.json").unlink()
+    assert read.reference == b.loaded_reference  # kept for the rest of the pass
+
+
+# -- the plan applied, with fake MLflow and Triton ------------------------------------------------
+
+
+class FakeMlflow:
+    """The calls of MlflowClient the controller makes."""
+
+    def __init__(self) -> None:
+        self.aliases: dict[str, str] = {}
+        self.version_tags: dict[str, dict[str, str]] = {}
+        self.model_tags: dict[str, str] = {}
+
+    def get_registered_model(self, name: str) -> Any:
+        return SimpleNamespace(aliases=dict(self.aliases), tags=dict(self.model_tags))
+
+    def get_model_version(self, name: str, version: str) -> Any:
+        return SimpleNamespace(run_id=f"run{version}", tags=dict(self.version_tags.get(version, {})))
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.version_tags.setdefault(version, {})[key] = value
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        self.model_tags[key] = value
+
+
+class FakeTriton:
+    """A Triton replica that loads whatever config.pbtxt says and can fail a smoke test."""
+
+    def __init__(self, url: str, root: Path) -> None:
+        self.url, self.root = url, root
+        self.loaded: set[int] = set()
+        self.loads = 0
+        self.smoke_error = 0.0
+        self.fail_load = False
+
+    def load(self, model: str) -> None:
+        from deployer.triton_control import TritonControlError
+
+        self.loads += 1
+        text = (self.root / model / "config.pbtxt").read_text()
+        versions = text.split("versions: [ ")[1].split(" ]")[0]
+        if self.fail_load:
+            raise TritonControlError(f"Triton at {self.url} failed to load {model}: boom")
+        self.loaded = {int(v) for v in versions.split(", ")}
+
+    def ready_versions(self, model: str) -> set[int]:
+        return set(self.loaded)
+
+    def smoke_test(self, model: str, version: int, schema: ModelSchema, reference: Reference) -> float:
+        from deployer.triton_control import TritonControlError
+
+        if self.smoke_error > reference.tolerance:
+            raise TritonControlError(f"{model} v{version} on {self.url} differs from its reference outputs")
+        return self.smoke_error
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from deployer.settings import RegistrySettings
+    from deployer.sync import SyncController
+
+    root = tmp_path / "repo"
+    for v in (1, 2):
+        b = bundle(v)
+        folder = root / MODEL / str(v)
+        folder.mkdir(parents=True)
+        for name in BUNDLE_FILES:
+            (folder / name).write_text("{}")
+        (folder / "schema.json").write_text(b.schema.model_dump_json())
+        (folder / "manifest.json").write_text(b.manifest.model_dump_json())
+        assert b.loaded_reference is not None
+        (folder / "reference.json").write_text(b.loaded_reference.model_dump_json())
+    settings = RegistrySettings(
+        tracking_uri="http://127.0.0.1:9", model_repository=root, triton_url="a:1,b:2", gpu="no"
+    )
+    c = SyncController(settings)
+    c.client = FakeMlflow()
+    c._tritons = {url: FakeTriton(url, root) for url in ("a:1", "b:2")}
+    return c
+
+
+def test_a_pass_records_each_load_and_smoke_test_per_replica_and_routes_with_the_options(controller: Any) -> None:
+    controller.client.aliases = {"champion": "1"}
+    controller._tritons["b:2"].smoke_error = 1e-6
+    outcome = controller.run_once([MODEL])[0]
+    assert outcome.error is None and outcome.changed
+    steps = [(s.step, s.ok, s.version, s.triton) for s in outcome.steps]
+    assert steps == [
+        ("gate", True, 1, None),
+        ("config", True, None, None),
+        ("load", True, 1, "a:1"),
+        ("load", True, 1, "b:2"),
+        ("smoke", True, 1, "a:1"),
+        ("smoke", True, 1, "b:2"),
+        ("route", True, None, None),
+    ]
+    assert [s.max_error for s in outcome.steps if s.step == "smoke"] == [0.0, 1e-6]
+    assert outcome.smoke_passed(1, ["a:1", "b:2"])
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.champion == 1 and written.serving == controller.options
+    assert controller.client.version_tags["1"][SYNC_STATUS_TAG] == "serving"
+
+    again = controller.run_once([MODEL])[0]
+    assert not again.changed and [s.step for s in again.steps] == ["config", "route"]
+    assert {t.loads for t in controller._tritons.values()} == {1}
+
+
+def test_a_failed_smoke_test_marks_the_version_and_reverts_to_what_was_served(controller: Any) -> None:
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "1", "challenger": "2"}
+    controller._tritons["b:2"].smoke_error = 1.0
+    outcome = controller.run_once([MODEL])[0]
+    assert outcome.error is not None and "v2 on b:2 differs" in outcome.error and not outcome.changed
+    failed = outcome.failed_steps()
+    assert [(s.step, s.version, s.triton) for s in failed] == [("smoke", 2, "b:2")]
+    assert not outcome.smoke_passed(2, ["a:1", "b:2"])
+    assert [(s.step, s.ok, s.triton) for s in outcome.steps[-2:]] == [("revert", True, "a:1"), ("revert", True, "b:2")]
+    assert controller.client.version_tags["2"][SYNC_STATUS_TAG].startswith("failed: ")
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and (written.champion, written.challenger) == (1, None)
+    assert all(t.loaded == {1} for t in controller._tritons.values())
+    assert "versions: [ 1 ]" in (controller.root / MODEL / "config.pbtxt").read_text()
+
+
+def test_a_failed_load_marks_the_new_version_and_reloads_the_old_set_everywhere(controller: Any) -> None:
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "2"}
+    controller.client.version_tags["2"] = {FORCE_TAG: "true"}
+    controller._tritons["a:1"].fail_load = True
+    outcome = controller.run_once([MODEL])[0]
+    assert outcome.error == "Triton at a:1 failed to load m: boom"
+    assert [(s.step, s.triton) for s in outcome.failed_steps()] == [("load", "a:1"), ("revert", "a:1")]
+    assert not any(s.step == "smoke" for s in outcome.steps)
+    assert controller.client.version_tags["2"][SYNC_STATUS_TAG] == "failed: Triton at a:1 failed to load m: boom"
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.champion == 1
+    assert "versions: [ 1 ]" in (controller.root / MODEL / "config.pbtxt").read_text()
