@@ -260,7 +260,8 @@ class SyncPlan:
         if not versions:
             return None
         schemas = [_bundle(self.model, self.bundles, v).schema for v in versions]
-        return render_config(self.model, schemas, versions, self.current.serving or self.options)
+        options = self.current.serving if self.current.serving is not None else self.options
+        return render_config(self.model, schemas, versions, options)
 
 
 def plan_pass(
