@@ -1,12 +1,45 @@
 """One error base with its HTTP status and a stable code, and one JSON error shape.
 
-Every error the gateway returns is ``{"error": {"code": ..., "message": ..., "field": ...}}``.
-Messages say what to do next; they never echo the client's payload or internal class names.
+Every error the gateway returns is ``{"error": {"code": ..., "message": ..., "field": ...}}``, and
+:func:`error_body` is the only place that builds it: :meth:`GatewayError.body`, the internal-error
+answer (:func:`internal_error_body`), the answers to unknown routes and methods
+(:func:`http_error_body`) and to invalid path parameters all go through it. Messages say what to
+do next; they never echo the client's payload or internal class names.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+INTERNAL_ERROR_MESSAGE = "internal error; it was logged"
+"""The message of every 500: what failed is in the gateway's log, never in the answer."""
+
+_HTTP_ERRORS: dict[int, tuple[str, str]] = {
+    404: ("not_found", "no such route; see /docs"),
+    405: ("method_not_allowed", "method not allowed on this route"),
+}
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The JSON error document; the one place it is built.
+
+    Args:
+        code: the stable machine-readable code, e.g. ``invalid_input``.
+        message: what went wrong and what to do; never the client's input.
+        field: the offending field (``wind_direction``, ``[3].wind_direction``, ``body``...), if any.
+    """
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def internal_error_body() -> dict[str, Any]:
+    """The body of a 500 (an exception that is not a :class:`GatewayError`)."""
+    return error_body("internal_error", INTERNAL_ERROR_MESSAGE)
+
+
+def http_error_body(status: int) -> dict[str, Any]:
+    """The body of an HTTP error raised by the framework itself (unknown route 404, wrong method 405, ...)."""
+    code, message = _HTTP_ERRORS.get(status, ("http_error", "request not accepted"))
+    return error_body(code, message)
 
 
 class GatewayError(Exception):
@@ -23,7 +56,7 @@ class GatewayError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The JSON error document."""
-        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+        return error_body(self.code, self.message, self.field)
 
 
 class MalformedRequest(GatewayError):

@@ -1,8 +1,9 @@
 """Prometheus metrics of the gateway (names are part of the SRE contract: deploy/metrics_catalog.yaml).
 
-Counters and histograms are updated on the request path. Values that are derived from state
-(drift PSI, live quality, the traffic policy, served versions) are computed by collectors when
-``/metrics`` is scraped, so they cost nothing per request.
+Counters and histograms (:class:`GatewayMetrics`) are updated on the request path. Values that
+are derived from state are computed by collectors when ``/metrics`` is scraped, so they cost
+nothing per request: the traffic policy (:func:`policy_families`), live and trained quality
+(:func:`quality_families`), and drift PSI (:class:`gateway.drift.DriftMonitor`).
 
 Several uvicorn workers: with ``PROMETHEUS_MULTIPROC_DIR`` set (before the process starts)
 counters, histograms and gauges of every worker are aggregated through files
@@ -17,12 +18,19 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+
+from gateway.errors import GatewayError
+
+if TYPE_CHECKING:  # only for the annotations: metrics sit below the stores they read at scrape time
+    from gateway.feedback import FeedbackStore
+    from gateway.policy import PolicyStore
+    from gateway.serving import ServedModels
 
 LATENCY_BUCKETS = (
     0.001,
@@ -195,3 +203,81 @@ class CallbackCollector(Collector):
 def finite(value: float) -> bool:
     """Whether ``value`` is a finite float (NaN gauges are left out of the exposition)."""
     return math.isfinite(value)
+
+
+def policy_families(models: ServedModels, policies: PolicyStore) -> list[GaugeMetricFamily]:
+    """Canary share and shadow switch of every served model or model with a policy."""
+    canary = GaugeMetricFamily(
+        "modelops_gateway_canary_share", "Configured share of /predict answered by the challenger", labels=["model"]
+    )
+    shadow = GaugeMetricFamily(
+        "modelops_gateway_shadow_enabled", "1 when requests are mirrored to the challenger", labels=["model"]
+    )
+    names = sorted(set(models.models()) | set(policies.all()))
+    for name in names:
+        policy = policies.get(name)
+        canary.add_metric([name], policy.canary_share)
+        shadow.add_metric([name], 1.0 if policy.shadow else 0.0)
+    return [canary, shadow]
+
+
+def quality_families(
+    models: ServedModels, feedback: FeedbackStore | None, alert_ratio: float
+) -> list[GaugeMetricFamily]:
+    """Live quality from delayed outcomes, the trained quality of each served version and its alert threshold.
+
+    Args:
+        models: the served models (routing, schemas, manifests).
+        feedback: the feedback store, None when feedback is switched off (no live quality then).
+        alert_ratio: live quality worse than trained x this ratio should alert.
+    """
+    live = GaugeMetricFamily(
+        "modelops_gateway_live_quality",
+        "Quality metric of each version from delayed ground truth (POST /feedback) over the window",
+        labels=["model", "version", "metric"],
+    )
+    samples = GaugeMetricFamily(
+        "modelops_gateway_live_quality_outcomes",
+        "Outcomes behind modelops_gateway_live_quality",
+        labels=["model", "version"],
+    )
+    trained = GaugeMetricFamily(
+        "modelops_gateway_trained_quality",
+        "The quality metric the version was trained and gated on (its manifest)",
+        labels=["model", "version", "metric"],
+    )
+    threshold = GaugeMetricFamily(
+        "modelops_gateway_live_quality_alert_threshold",
+        "Live quality beyond this value should alert (trained metric x quality_alert_ratio)",
+        labels=["model", "version", "metric"],
+    )
+    versions: set[tuple[str, int]] = set()
+    for name, routing in models.models().items():
+        versions |= {(name, v) for v in (routing.champion, routing.challenger) if v is not None}
+    if feedback is not None:
+        for q in feedback.quality():
+            metric = _quality_metric(models, q.model, q.version)[0]
+            value = q.value(metric)
+            if finite(value):
+                live.add_metric([q.model, str(q.version), metric], value)
+                samples.add_metric([q.model, str(q.version)], q.n)
+                versions.add((q.model, q.version))
+    for model, version in sorted(versions):
+        metric, greater_is_better = _quality_metric(models, model, version)
+        manifest = models.manifest(model, version)
+        trained_value = manifest.metrics.get(metric) if manifest else None
+        if trained_value is None or not finite(trained_value):
+            continue
+        trained.add_metric([model, str(version), metric], trained_value)
+        worse = trained_value / alert_ratio if greater_is_better else trained_value * alert_ratio
+        threshold.add_metric([model, str(version), metric], worse)
+    return [live, samples, trained, threshold]
+
+
+def _quality_metric(models: ServedModels, model: str, version: int) -> tuple[str, bool]:
+    """The version's quality metric and whether greater is better; rmse (lower is better) when its schema is gone."""
+    try:
+        metric = models.schema(model, version).quality_metric
+    except GatewayError:
+        return "rmse", False
+    return metric.name, metric.greater_is_better

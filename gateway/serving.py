@@ -42,8 +42,8 @@ CONFIG_FILE = "config.pbtxt"
 
 
 @dataclass(frozen=True)
-class Target:
-    """One model version to call, with the schema its requests are validated against."""
+class ServedVersion:
+    """One served model version to call (behind an alias), with the schema its requests are validated against."""
 
     model: str
     version: int
@@ -214,11 +214,13 @@ class ServedModels:
             self._max_batch[model] = cached
         return cached[1]
 
-    def target(self, model: str, alias: str = "champion") -> Target:
+    def target(self, model: str, alias: str = "champion") -> ServedVersion:
         """The version of ``model`` behind ``alias``."""
         routing = self.routing(model)
         version = routing.champion if alias == "champion" else routing.challenger
         if version is None:
             raise ModelNotReady(f"model {model!r} has no {alias} yet; retry shortly", headers={"Retry-After": "1"})
         run_id = routing.champion_run_id if alias == "champion" else routing.challenger_run_id
-        return Target(model=model, version=version, alias=alias, schema=self.schema(model, version), run_id=run_id)
+        return ServedVersion(
+            model=model, version=version, alias=alias, schema=self.schema(model, version), run_id=run_id
+        )

@@ -1,7 +1,8 @@
 """Test support: a synthetic model repository and a fake inference client.
 
 Unit tests of the gateway run in-process against :class:`FakeTriton` (integration tests use the
-real Triton). :func:`write_repository` writes what the sync controller would: per version
+real Triton); :func:`given_body` lets them call the data plane (:mod:`gateway.dataplane`) without
+HTTP. :func:`write_repository` writes what the sync controller would: per version
 ``schema.json``, ``profile.json`` and ``manifest.json``, and the model's ``routing.json``. The
 profile is built from synthetic training rows and the fake model's own predictions, so traffic
 drawn by :func:`training_records` shows no drift.
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI
 
 from modelspec import (
@@ -229,6 +231,20 @@ class FakeTriton:
             raise error
         value = fake_model(numeric, tensors["categorical"], version).astype(np.float32).reshape(-1, 1)
         return {name: value + j for j, name in enumerate(outputs)}
+
+
+def given_body(document: Any) -> Callable[[int], Awaitable[bytes]]:
+    """A body reader for :meth:`gateway.dataplane.Gateway.predict` without HTTP: the JSON of ``document``.
+
+    ``bytes`` are sent as they are (to test malformed bodies). The size limit is the transport's
+    business (:func:`gateway.transport.read_json_bytes`) and is not applied here.
+    """
+    raw = document if isinstance(document, bytes) else orjson.dumps(document)
+
+    async def read(_limit: int) -> bytes:
+        return raw
+
+    return read
 
 
 def factory(fake: FakeTriton) -> Callable[[Any], FakeTriton]:

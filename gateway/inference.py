@@ -1,0 +1,75 @@
+"""One validated batch through Triton: in chunks of the model's ``max_batch_size``, as one matrix.
+
+Triton refuses a request with more rows than the model's ``max_batch_size``, so a larger batch is
+split and its chunks are sent at once; the answers are joined back in order. The usual request
+fits in one call, which is awaited directly (no task per request: this is the hot path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from gateway.contract import Batch
+from gateway.serving import ServedVersion
+from gateway.upstream import InferenceClient
+
+
+async def infer_in_chunks(
+    client: InferenceClient, served: ServedVersion, batch: Batch, max_batch_size: int | None, request_id: str
+) -> np.ndarray:
+    """Call Triton for a batch: one call, or chunks of ``max_batch_size`` rows run at once.
+
+    Args:
+        client: the inference client.
+        served: the version to call (its schema names the tensors and outputs).
+        batch: the validated input tensors.
+        max_batch_size: the model's ``max_batch_size``; None when unknown (one call).
+        request_id: sent with the call; chunk ``i`` is sent as ``<request_id>.<i>``.
+
+    Returns:
+        The outputs as one float32 ``[rows, n_outputs]`` matrix in schema order. No latency is
+        recorded here: the callers time it (the request path and the shadow calls have different
+        histograms).
+    """
+    schema = served.schema
+    names = [o.name for o in schema.outputs]
+    step = max_batch_size or batch.rows
+    if batch.rows <= step:  # the usual case: one call, awaited directly (no task per request)
+        outputs = await client.infer(
+            served.model,
+            served.version,
+            {schema.numeric_tensor: batch.numeric, schema.categorical_tensor: batch.categorical},
+            names,
+            request_id=request_id,
+        )
+        return outputs_matrix(outputs, names, batch.rows)
+    starts = range(0, batch.rows, step)
+    results = await asyncio.gather(
+        *(
+            client.infer(
+                served.model,
+                served.version,
+                {
+                    schema.numeric_tensor: batch.numeric[i : i + step],
+                    schema.categorical_tensor: batch.categorical[i : i + step],
+                },
+                names,
+                request_id=f"{request_id}.{i // step}",
+            )
+            for i in starts
+        )
+    )
+    parts = [
+        outputs_matrix(outputs, names, min(step, batch.rows - i)) for i, outputs in zip(starts, results, strict=True)
+    ]
+    matrix: np.ndarray = np.concatenate(parts)
+    return matrix
+
+
+def outputs_matrix(outputs: dict[str, np.ndarray], names: list[str], rows: int) -> np.ndarray:
+    """The named ``[rows, 1]`` outputs of one call as one float32 ``[rows, len(names)]`` matrix."""
+    if len(names) == 1:
+        return np.asarray(outputs[names[0]], dtype=np.float32).reshape(rows, -1)[:, :1]
+    return np.column_stack([np.asarray(outputs[n], dtype=np.float32).reshape(rows, -1)[:, 0] for n in names])
