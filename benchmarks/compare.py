@@ -54,7 +54,6 @@ from benchmarks.peers import (
     ServerFailed,
     TemporaryTriton,
     config_without_batching,
-    rendered_config_without_batching,
     resolve_version_dir,
 )
 from benchmarks.report import curve_plot, fmt, html_page, html_table, markdown_table, text_table, write_json
@@ -356,11 +355,7 @@ def _variant_server(
     elif variant == "triton":
         yield "triton", opts.triton_url, infer, (_port(opts.triton_url),)
     elif variant == "triton_nobatch":
-        served_config = (opts.model_repository / served.name / "config.pbtxt") if opts.model_repository else None
-        if served_config is not None and served_config.is_file():
-            config = config_without_batching(served_config.read_text(), served.version)
-        else:
-            config = rendered_config_without_batching(served.name, schema, served.version)
+        config = config_without_batching(opts.model_repository, served.name, schema, served.version)
         with TemporaryTriton(served.name, served.version, version_dir, config, workdir) as triton:
             yield "triton", triton.http_url, infer, (triton.http_port,)
     elif variant == "mlflow":

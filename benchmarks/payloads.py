@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from modelspec import ModelSchema
+from modelspec.tensors import encode_records
 
 NULL_RATIO = 0.05
 """Share of nullable values sent as missing."""
@@ -123,20 +124,10 @@ def chunk(records: Sequence[dict[str, Any]], per_request: int) -> list[list[dict
 def encode_tensors(records: Sequence[dict[str, Any]], schema: ModelSchema) -> tuple[np.ndarray, np.ndarray]:
     """The model's two input tensors for ``records``: numeric FP32 (NaN = missing), categorical INT64.
 
-    A missing category gets index ``len(categories)``, as the served graph expects.
+    :func:`modelspec.tensors.encode_records`: for the valid records generated here, the tensors the
+    gateway builds from them (a missing category gets index ``len(categories)``).
     """
-    numeric_features = schema.numeric
-    categorical_features = schema.categorical
-    numeric = np.empty((len(records), len(numeric_features)), dtype=np.float32)
-    categorical = np.zeros((len(records), max(len(categorical_features), 1)), dtype=np.int64)
-    for i, record in enumerate(records):
-        for j, nf in enumerate(numeric_features):
-            value = record.get(nf.name)
-            numeric[i, j] = math.nan if value is None else float(value)
-        for j, cf in enumerate(categorical_features):
-            value = record.get(cf.name)
-            categorical[i, j] = len(cf.categories) if value is None else cf.categories.index(value)
-    return numeric, categorical
+    return encode_records(records, schema)
 
 
 def gateway_request(records: Sequence[dict[str, Any]]) -> PreparedRequest:

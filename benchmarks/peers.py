@@ -1,7 +1,8 @@
 """Servers a comparison starts for itself: Triton with dynamic batching off, and ``mlflow models serve``.
 
 Neither touches the stack: the batching-off Triton gets its own temporary model repository (a
-copy of the version folder and a config derived from the served one) and its own free ports;
+copy of the version folder and a config rendered with the served options, batching off) and its
+own free ports;
 ``mlflow models serve`` loads the registered version from the registry, as a user would. Both
 run in their own process group and are stopped with everything they started.
 """
@@ -18,7 +19,8 @@ from types import TracebackType
 
 import httpx
 
-from modelspec import SCHEMA_FILE, ModelSchema
+from modelspec import ModelSchema, Routing
+from modelspec.layout import CONFIG_FILE, SCHEMA_FILE
 from servers.processes import Service, ServiceFailed, free_port
 
 log = logging.getLogger(__name__)
@@ -28,28 +30,27 @@ class ServerFailed(RuntimeError):
     """A server the comparison needs did not start; the message names its log."""
 
 
-def config_without_batching(config_text: str, version: int) -> str:
-    """The served ``config.pbtxt`` with dynamic batching removed and only ``version`` in its policy.
+def config_without_batching(model_repository: Path | None, model: str, schema: ModelSchema, version: int) -> str:
+    """The served config of ``model`` with dynamic batching off and only ``version`` in its policy.
 
-    Everything else (backend, instances, threads, max_batch_size) stays as served, so the only
-    difference measured is the batcher.
+    Rendered by :func:`modelspec.repository.render_config` from the options the served config was
+    rendered with (``routing.json``'s ``serving``), so everything else (target, device, instances,
+    threads, max_batch_size) is as served and the only difference measured is the batcher. Without
+    a local repository, or a routing that records no options, the renderer's defaults (embedded
+    target) are used.
     """
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse(config_text, config)
-    config.ClearField("dynamic_batching")
-    config.version_policy.specific.ClearField("versions")
-    config.version_policy.specific.versions.append(version)
-    return str(text_format.MessageToString(config))
-
-
-def rendered_config_without_batching(model: str, schema: ModelSchema, version: int) -> str:
-    """A config from the registry's renderer (embedded target, batching off), when the served one is not readable."""
     from modelspec.repository import ServingOptions, render_config
 
-    return render_config(model, [schema], [version], ServingOptions(dynamic_batching=False))
+    serving: ServingOptions | None = None
+    if model_repository is not None:
+        try:
+            routing = Routing.read(model_repository / model)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the routing of %s (%s); rendering the default config without batching", model, exc)
+            routing = None
+        serving = routing.serving if routing is not None else None
+    options = (serving or ServingOptions()).model_copy(update={"dynamic_batching": False})
+    return render_config(model, [schema], [version], options)
 
 
 def resolve_version_dir(
@@ -114,7 +115,7 @@ class TemporaryTriton:
         if repo.exists():
             shutil.rmtree(repo)
         shutil.copytree(self.version_dir, repo / self.model / str(self.version))
-        (repo / self.model / "config.pbtxt").write_text(self.config_text)
+        (repo / self.model / CONFIG_FILE).write_text(self.config_text)
         backends = prepare_backends(self.workdir / "triton")
         ports = TritonPorts(free_port(), free_port(), free_port())
         self.http_port = ports.http

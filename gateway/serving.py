@@ -2,8 +2,10 @@
 
 Only the sync controller writes ``routing.json``, after a version passed its smoke test in
 Triton; the gateway re-reads it when it changes, so a promotion or a rollback reaches the
-request path within ``routing_poll_s``. The schema, training profile and manifest of each
-served version are read once (versions never change).
+request path within ``routing_poll_s``; the same document records the options Triton's config
+was rendered with (``max_batch_size``: where a large request is split). The schema, training
+profile and manifest of each served version are read once (versions never change). File names
+are those of :mod:`modelspec.layout`.
 
 Paths are built only from names that match :data:`~modelspec.schema.NAME_PATTERN` and integer
 versions, and every file read must resolve inside the repository: a model folder that is a
@@ -14,31 +16,17 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ModelNotFound, ModelNotReady
-from modelspec import (
-    MANIFEST_FILE,
-    PROFILE_FILE,
-    ROUTING_FILE,
-    SCHEMA_FILE,
-    Manifest,
-    ModelSchema,
-    NumericFeature,
-    Routing,
-    TrainingProfile,
-)
+from modelspec import Manifest, ModelSchema, NumericFeature, Routing, TrainingProfile
+from modelspec.layout import MANIFEST_FILE, PROFILE_FILE, ROUTING_FILE, SCHEMA_FILE
 from modelspec.schema import NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(NAME_PATTERN)
-MAX_BATCH_RECHECK_S = 0.5
-"""How stale the max_batch_size of a model may be (its config only changes when the sync controller loads a version)."""
-_MAX_BATCH = re.compile(r"^\s*max_batch_size\s*:\s*(\d+)", re.MULTILINE)
-CONFIG_FILE = "config.pbtxt"
 
 
 @dataclass(frozen=True)
@@ -73,8 +61,6 @@ class ServedModels:
         self._schemas: dict[tuple[str, int], ModelSchema] = {}
         self._profiles: dict[tuple[str, int], TrainingProfile | None] = {}
         self._manifests: dict[tuple[str, int], Manifest | None] = {}
-        self._max_batch: dict[str, tuple[int, int | None]] = {}
-        self._max_batch_checked: dict[str, tuple[float, int | None]] = {}
 
     def _inside(self, path: Path) -> bool:
         try:
@@ -183,36 +169,16 @@ class ServedModels:
         return self._manifests[key]
 
     def max_batch_size(self, model: str) -> int | None:
-        """``max_batch_size`` of the model's ``config.pbtxt`` (re-read when it changes); None when unknown or 0.
+        """``max_batch_size`` of the config the model's versions are loaded with; None when unknown.
 
-        Triton refuses a request with more rows than this, so larger requests are split. The file
-        is looked at once per ``MAX_BATCH_RECHECK_S`` at most (this runs for every request).
+        Triton refuses a request with more rows than this, so larger requests are split. It is
+        read from ``routing.json`` (:attr:`Routing.serving`, written by the sync controller with
+        the config it loaded), so it changes with the routing, in the same document; a routing
+        written before the options were recorded gives None: requests are not split.
         """
-        checked = self._max_batch_checked.get(model)
-        now = time.monotonic()
-        if checked is not None and now - checked[0] < MAX_BATCH_RECHECK_S:
-            return checked[1]
-        size = self._read_max_batch_size(model)
-        self._max_batch_checked[model] = (now, size)
-        return size
-
-    def _read_max_batch_size(self, model: str) -> int | None:
-        path = self.root / model / CONFIG_FILE
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
-            return None
-        cached = self._max_batch.get(model)
-        if cached is None or cached[0] != mtime:
-            size: int | None = None
-            try:
-                match = _MAX_BATCH.search(path.read_text()) if self._inside(path) else None
-                size = int(match.group(1)) if match and int(match.group(1)) > 0 else None
-            except (OSError, ValueError) as exc:
-                log.warning("cannot read %s: %s", path, exc)
-            cached = (mtime, size)
-            self._max_batch[model] = cached
-        return cached[1]
+        entry = self._routing.get(model)
+        serving = entry[1].serving if entry is not None else None
+        return serving.max_batch_size if serving is not None and serving.max_batch_size > 0 else None
 
     def target(self, model: str, alias: str = "champion") -> ServedVersion:
         """The version of ``model`` behind ``alias``."""

@@ -7,6 +7,9 @@ depends on pydantic and numpy alone.
 
 - :mod:`modelspec.schema`: the feature schema (names, types, ranges, categories, nullability)
   and the tensor layout the served model expects.
+- :mod:`modelspec.tensors`: records -> tensors, once for every caller: the gateway's strict
+  validation (:class:`Batch`, :class:`Flag`, :class:`InvalidRecord`), the lenient encoders of
+  training frames and generated records, reference rows, and the feed dict of an inference call.
 - :mod:`modelspec.profile`: the training profile of every feature and of the predictions,
   used for drift checks.
 - :mod:`modelspec.bundle`: the documents of a version bundle (manifest, reference outputs).
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
         QualityMetric,
         breaking_changes,
     )
+    from modelspec.tensors import Batch, Flag, InvalidRecord, RecordError, TooManyRecords
 
 _WHERE = {
     **dict.fromkeys(
@@ -64,6 +68,7 @@ _WHERE = {
     **dict.fromkeys(("Manifest", "Reference"), "modelspec.bundle"),
     **dict.fromkeys(("CategoricalProfile", "NumericProfile", "TrainingProfile"), "modelspec.profile"),
     **dict.fromkeys(("Routing", "ServingOptions"), "modelspec.repository"),
+    **dict.fromkeys(("Batch", "Flag", "InvalidRecord", "RecordError", "TooManyRecords"), "modelspec.tensors"),
     **dict.fromkeys(
         (
             "CategoricalFeature",
@@ -86,18 +91,23 @@ __all__ = [
     "REFERENCE_FILE",
     "ROUTING_FILE",
     "SCHEMA_FILE",
+    "Batch",
     "CategoricalFeature",
     "CategoricalProfile",
     "Feature",
+    "Flag",
+    "InvalidRecord",
     "Manifest",
     "ModelSchema",
     "NumericFeature",
     "NumericProfile",
     "OutputSpec",
     "QualityMetric",
+    "RecordError",
     "Reference",
     "Routing",
     "ServingOptions",
+    "TooManyRecords",
     "TrainingProfile",
     "breaking_changes",
 ]

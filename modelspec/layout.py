@@ -33,3 +33,12 @@ STAGING_DIR = ".staging"
 EMBEDDED_BACKEND = "onnxruntime_py"
 """The Python-based backend (``triton_backend/onnxruntime_py``) that serves every version in the
 embedded Triton, which has only the Python backend."""
+BACKEND_FILE_PARAMETERS = {
+    "onnx_file": MODEL_FILE,
+    "torch_file": TORCH_MODEL_FILE,
+    "schema_file": SCHEMA_FILE,
+    "reference_file": REFERENCE_FILE,
+}
+"""``config.pbtxt`` parameters that name a version's files for the embedded backend, which runs inside
+Triton's Python stub with nothing of this project importable: the repository renderer writes them,
+the backend reads them (and refuses to load a config without them)."""

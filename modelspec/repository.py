@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelspec.bundle import Manifest, utc_now, write_atomic
 from modelspec.layout import (
+    BACKEND_FILE_PARAMETERS,
     BUNDLE_FILES,
     CONFIG_FILE,
     EMBEDDED_BACKEND,
@@ -109,7 +110,9 @@ def render_config(name: str, schemas: Iterable[ModelSchema], versions: Iterable[
     """Render the ``config.pbtxt`` that serves ``versions`` of model ``name``.
 
     ``schemas`` are those of the versions to serve: the feature axis of an input is fixed when
-    they all agree and variable (-1) when they differ (the embedded backend handles both).
+    they all agree and variable (-1) when they differ (the embedded backend handles both). For
+    the embedded target the config also names the bundle's files
+    (:data:`~modelspec.layout.BACKEND_FILE_PARAMETERS`), which the backend cannot import.
     """
     check_model_name(name)
     schema_list = list(schemas)
@@ -148,6 +151,10 @@ def render_config(name: str, schemas: Iterable[ModelSchema], versions: Iterable[
         )
     if opts.target == "embedded":
         lines.append(f'parameters: {{ key: "ort_threads" value: {{ string_value: "{opts.ort_threads}" }} }}')
+        lines += [
+            f'parameters: {{ key: "{key}" value: {{ string_value: "{filename}" }} }}'
+            for key, filename in BACKEND_FILE_PARAMETERS.items()
+        ]
     elif opts.ort_threads > 0 and not opts.gpu:
         # Triton's onnxruntime backend reads the same knob under this name.
         lines.append(f'parameters: {{ key: "intra_op_thread_count" value: {{ string_value: "{opts.ort_threads}" }} }}')

@@ -2,9 +2,10 @@
 
 A served model takes two tensors: ``numeric`` (FP32, ``[batch, n_numeric]``, NaN where a
 nullable value is missing) and ``categorical`` (INT64, ``[batch, n_categorical]``, the index
-of the category in :attr:`CategoricalFeature.categories`, ``len(categories)`` for a missing
-value). All imputation, scaling and embedding happen inside the exported graph, so the
-gateway only maps names to columns.
+of the category in :attr:`CategoricalFeature.categories`, :attr:`CategoricalFeature.missing_index`
+(``len(categories)``) for a missing value). All imputation, scaling and embedding happen inside the
+exported graph, so the gateway only maps names to columns; :mod:`modelspec.tensors` builds the
+tensors from records, for every caller.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ class CategoricalFeature(_Frozen):
         if self.example not in self.categories:
             raise ValueError(f"feature {self.name!r}: example must be one of the categories")
         return self
+
+    @property
+    def missing_index(self) -> int:
+        """The tensor index of a missing value (null, absent, or unknown where the encoding is lenient).
+
+        One past the last category: the exported graph keeps an extra embedding row for it.
+        """
+        return len(self.categories)
 
     def index(self, value: str) -> int | None:
         """Return the tensor index of ``value``, or None when it is not a known category."""

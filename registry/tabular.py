@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,22 +21,24 @@ import torch
 from torch import nn
 
 from modelspec import ModelSchema
+from modelspec.tensors import encode_columns
 
 log = logging.getLogger(__name__)
 
 
 def encode(frame: pd.DataFrame, schema: ModelSchema) -> tuple[np.ndarray, np.ndarray]:
-    """Turn a frame of business fields into the model's (numeric FP32, categorical INT64) arrays."""
-    numeric = np.empty((len(frame), len(schema.numeric)), dtype=np.float32)
-    for j, f in enumerate(schema.numeric):
-        numeric[:, j] = pd.to_numeric(frame[f.name], errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
-    categorical = np.empty((len(frame), max(len(schema.categorical), 1)), dtype=np.int64)
-    categorical[:] = 0
-    for j, c in enumerate(schema.categorical):
-        lookup = {v: i for i, v in enumerate(c.categories)}
-        missing = len(c.categories)
-        categorical[:, j] = [lookup.get(v, missing) if isinstance(v, str) else missing for v in frame[c.name]]
-    return numeric, categorical
+    """Turn a frame of business fields into the model's (numeric FP32, categorical INT64) arrays.
+
+    Lenient, as training data needs: a numeric value that does not parse is missing (NaN), an
+    unknown or non-string category is missing (:attr:`~modelspec.CategoricalFeature.missing_index`).
+    Parsing is pandas' (``to_numeric``); the tensor layout is :func:`modelspec.tensors.encode_columns`.
+    """
+    columns: dict[str, Any] = {
+        f.name: pd.to_numeric(frame[f.name], errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
+        for f in schema.numeric
+    }
+    columns.update((c.name, frame[c.name]) for c in schema.categorical)
+    return encode_columns(columns, schema, len(frame))
 
 
 class TabularRegressor(nn.Module):

@@ -33,7 +33,8 @@ from benchmarks.loadrun import ENGINES, HttpTarget, Load, run_load
 from benchmarks.payloads import PreparedRequest
 from benchmarks.peers import config_without_batching
 from benchmarks.stats import GeneratorHealth, WindowStats
-from modelspec import ModelSchema, NumericFeature, OutputSpec
+from modelspec import ModelSchema, NumericFeature, OutputSpec, Routing, ServingOptions
+from modelspec.repository import render_config, validate_config
 
 SCHEMA = ModelSchema(
     model_name="stand_in",
@@ -163,20 +164,26 @@ def test_the_sub_command_has_the_documented_options() -> None:
         parser.parse_args(["bench", "--variants", "nginx"])
 
 
-def test_batching_off_config_keeps_everything_else() -> None:
-    served = (
-        'name: "m"\nbackend: "onnxruntime_py"\nmax_batch_size: 256\n'
-        'input [ { name: "numeric" data_type: TYPE_FP32 dims: [ 11 ] } ]\n'
-        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
-        "version_policy: { specific: { versions: [ 2, 3 ] } }\n"
-        "dynamic_batching { max_queue_delay_microseconds: 500 }\n"
-        "instance_group [ { count: 2 kind: KIND_CPU } ]\n"
-        'parameters: { key: "ort_threads" value: { string_value: "1" } }\n'
-    )
-    text = config_without_batching(served, 3)
+def test_batching_off_config_keeps_everything_else(tmp_path: Path) -> None:
+    served = ServingOptions(instance_count=2, ort_threads=3, max_batch_size=128, max_queue_delay_us=900)
+    Routing(model_name="stand_in", champion=3, challenger=2, serving=served).write(tmp_path / "stand_in")
+    text = config_without_batching(tmp_path, "stand_in", SCHEMA, 3)
+    validate_config(text, expected_name="stand_in")
     assert "dynamic_batching" not in text
-    assert "versions: 3" in text and "versions: 2" not in text
-    assert "count: 2" in text and "ort_threads" in text and "max_batch_size: 256" in text
+    assert "versions: [ 3 ]" in text
+    assert "count: 2" in text and 'key: "ort_threads" value: { string_value: "3" }' in text
+    assert "max_batch_size: 128" in text and 'key: "onnx_file"' in text
+    assert text == render_config("stand_in", [SCHEMA], [3], served.model_copy(update={"dynamic_batching": False}))
+
+
+def test_batching_off_config_falls_back_to_the_rendered_defaults(tmp_path: Path) -> None:
+    default = render_config("stand_in", [SCHEMA], [3], ServingOptions(dynamic_batching=False))
+    assert config_without_batching(None, "stand_in", SCHEMA, 3) == default
+    assert config_without_batching(tmp_path, "stand_in", SCHEMA, 3) == default  # never served here
+    Routing(model_name="stand_in", champion=3).write(tmp_path / "stand_in")  # written before serving was recorded
+    assert config_without_batching(tmp_path, "stand_in", SCHEMA, 3) == default
+    (tmp_path / "stand_in" / "routing.json").write_text("{not json")
+    assert config_without_batching(tmp_path, "stand_in", SCHEMA, 3) == default
 
 
 def _stats(rps: float, p50: float, p95: float, errors: float = 0.0, rows: int = 1) -> WindowStats:

@@ -1,8 +1,9 @@
 """The column-wise validation path gives exactly what the per-record path gives, or gives up.
 
-``validate_records`` is the reference (it raises the precise errors); ``validate_columns`` must
-return an identical :class:`Batch` (tensors bit for bit, flags in the same order) or None, and
-``validate`` must answer exactly as the reference does, error class, message and field included.
+``modelspec.tensors.validate_records`` is the reference (it raises the precise errors);
+``validate_columns`` must return an identical :class:`Batch` (tensors bit for bit, flags in the
+same order) or None, and the gateway's ``validate`` must answer exactly as the reference does,
+error code, message and field included (modelspec's InvalidRecord is the gateway's 422 invalid_input).
 """
 
 from __future__ import annotations
@@ -16,15 +17,24 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gateway import contract
-from gateway.contract import COLUMNWISE_MIN_RECORDS, Batch, validate, validate_columns, validate_records
-from gateway.errors import GatewayError, InvalidInput
+from gateway.contract import validate
+from gateway.errors import GatewayError
 from gateway.testing import demo_schema, training_records
-from modelspec import CategoricalFeature, ModelSchema, NumericFeature, OutputSpec
+from modelspec import CategoricalFeature, ModelSchema, NumericFeature, OutputSpec, tensors
+from modelspec.tensors import (
+    COLUMNWISE_MIN_RECORDS,
+    Batch,
+    InvalidRecord,
+    RecordError,
+    TooManyRecords,
+    validate_columns,
+    validate_records,
+)
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 OUTPUTS = [OutputSpec(name="y")]
+RECORD_ERROR_CODES = {InvalidRecord: "invalid_input", TooManyRecords: "payload_too_large"}
 
 
 def outcome(fn: Any) -> tuple[Any, ...]:
@@ -32,7 +42,9 @@ def outcome(fn: Any) -> tuple[Any, ...]:
     try:
         batch: Batch = fn()
     except GatewayError as e:
-        return ("error", type(e), e.message, e.field)
+        return ("error", e.code, e.message, e.field)
+    except RecordError as e:  # what the gateway answers for it
+        return ("error", RECORD_ERROR_CODES[type(e)], e.message, e.field)
     return (
         "ok",
         batch.numeric.dtype.str,
@@ -335,7 +347,7 @@ def test_huge_ints_beyond_a_double_give_the_reference_error() -> None:
         records = [{"x": 0, "y": 1}] * 5 + [{"x": 0, "y": big}]
         assert given_up(wide_schema(), records) == (
             "error",
-            InvalidInput,
+            "invalid_input",
             "field 'y' must be a finite number (magnitude below 3.4e38)",
             "[5].y",
         )
@@ -513,13 +525,13 @@ def test_schemas_with_only_one_kind_of_feature() -> None:
 def test_validate_uses_the_column_path_from_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     schema = demo_schema()
     calls: list[int] = []
-    real = contract.validate_columns
+    real = tensors.validate_columns
 
     def spy(schema: ModelSchema, records: list[Any]) -> Batch | None:
         calls.append(len(records))
         return real(schema, records)
 
-    monkeypatch.setattr(contract, "validate_columns", spy)
+    monkeypatch.setattr(tensors, "validate_columns", spy)
     validate(schema, schema.example_record(), 10)
     validate(schema, training_records(COLUMNWISE_MIN_RECORDS - 1), 10)
     assert calls == []

@@ -19,9 +19,11 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.app import create_app
 from gateway.errors import ModelNotReady, UpstreamError, UpstreamTimeout
+from gateway.serving import ServedModels
 from gateway.settings import GatewaySettings
 from gateway.testing import MODEL, FakeTriton, demo_schema, factory, write_repository
 from gateway.upstream import _translate
+from modelspec import Routing, ServingOptions
 from servers.processes import free_port
 
 RECORD = demo_schema().example_record()
@@ -183,8 +185,15 @@ def test_sigterm_turns_readiness_false_first_and_in_flight_requests_finish(serve
     assert "readiness is false" in log
 
 
+def _record_serving(model_dir: Path, serving: ServingOptions | None) -> None:
+    """Record the options the loaded config was rendered with in routing.json, as the sync controller does."""
+    routing = Routing.read(model_dir)
+    assert routing is not None
+    routing.model_copy(update={"serving": serving}).write(model_dir)
+
+
 def test_requests_larger_than_the_model_batch_are_split(repo: Path) -> None:
-    (repo / "repo" / MODEL / "config.pbtxt").write_text(f'name: "{MODEL}"\nmax_batch_size: 4\n')
+    _record_serving(repo / "repo" / MODEL, ServingOptions(max_batch_size=4))
     fake = FakeTriton()
     records = [{**RECORD, "temperature_c": float(i)} for i in range(10)]
     with TestClient(create_app(_settings(repo), factory(fake))) as client:
@@ -195,3 +204,27 @@ def test_requests_larger_than_the_model_batch_are_split(repo: Path) -> None:
         fake.calls.clear()
         singles = [client.post("/predict", json=r).json()["predictions"][0]["ghi_wm2"] for r in records]
         assert split == singles, "the chunks came back out of order"
+
+
+def test_max_batch_size_follows_the_routing_document(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    write_repository(root)
+    (root / MODEL / "config.pbtxt").write_text(f'name: "{MODEL}"\nmax_batch_size: 4\n')  # no longer parsed
+    served = ServedModels(root)
+    served.refresh()
+    assert served.max_batch_size(MODEL) is None, "a routing without serving options: no splitting"
+    assert served.max_batch_size("not_served") is None
+    _record_serving(root / MODEL, ServingOptions(max_batch_size=64))
+    served.refresh()
+    assert served.max_batch_size(MODEL) == 64
+    _record_serving(root / MODEL, ServingOptions(max_batch_size=8, dynamic_batching=False))
+    served.refresh()
+    assert served.max_batch_size(MODEL) == 8
+
+
+def test_one_request_of_at_most_max_batch_size_rows_is_not_split(repo: Path) -> None:
+    _record_serving(repo / "repo" / MODEL, ServingOptions(max_batch_size=10))
+    fake = FakeTriton()
+    with TestClient(create_app(_settings(repo), factory(fake))) as client:
+        resp = client.post("/predict", json=[RECORD] * 10, headers={"x-request-id": "fits"})
+        assert resp.status_code == 200 and [rows for _m, _v, rows, _rid in fake.calls] == [10]

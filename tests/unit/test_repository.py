@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from modelspec import BUNDLE_FILES, Manifest, ModelSchema, NumericFeature, OutputSpec
+from modelspec import (
+    BUNDLE_FILES,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    Manifest,
+    ModelSchema,
+    NumericFeature,
+    OutputSpec,
+    Reference,
+)
+from modelspec.layout import BACKEND_FILE_PARAMETERS
 from modelspec.repository import (
     ConfigError,
     RepositoryError,
@@ -122,3 +136,101 @@ def test_write_config_reports_changes(tmp_path: Path) -> None:
     assert write_config(tmp_path, "m", text) is True
     assert write_config(tmp_path, "m", text) is False
     shutil.rmtree(tmp_path / "m")
+
+
+# ---- the embedded backend reads the bundle's file names from the rendered config -----------------
+
+BACKEND_SOURCE = Path(__file__).resolve().parents[2] / "triton_backend" / "onnxruntime_py" / "model.py"
+
+
+class _FakeBackendUtils(types.ModuleType):
+    """The few names of Triton's ``triton_python_backend_utils`` that ``initialize`` uses."""
+
+    class TritonModelException(Exception):
+        pass
+
+    class Logger:
+        @staticmethod
+        def log_info(_msg: str) -> None: ...
+
+        @staticmethod
+        def log_warn(_msg: str) -> None: ...
+
+    @staticmethod
+    def triton_string_to_numpy(name: str) -> type:
+        return {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64}[name]
+
+
+def _backend(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakeBackendUtils("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("embedded_backend_under_test", BACKEND_SOURCE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _triton_args(tmp_path: Path, config_text: str) -> dict[str, str]:
+    """What Triton hands ``initialize``: the config as JSON with proto field names."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    return {
+        "model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+        "model_name": "m",
+        "model_version": "1",
+        "model_repository": str(tmp_path / "m"),
+        "model_instance_kind": "CPU",
+        "model_instance_device_id": "0",
+    }
+
+
+def test_the_backend_opens_the_files_the_config_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = render_config("m", [SCHEMA], [1], ServingOptions())
+    for key, filename in BACKEND_FILE_PARAMETERS.items():
+        assert f'key: "{key}" value: {{ string_value: "{filename}" }}' in text
+    backend = _backend(monkeypatch)
+    opened: list[str] = []
+
+    class FakeEngine:
+        input_names = [SCHEMA.numeric_tensor, SCHEMA.categorical_tensor]
+        output_names = ["y"]
+        description = "fake"
+
+        def __init__(self, model_path: str, gpu_id: int | None, threads: int) -> None:
+            opened.append(model_path)
+
+        @staticmethod
+        def concat(parts: list[np.ndarray]) -> np.ndarray:
+            return parts[0]
+
+        @staticmethod
+        def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return [feed[SCHEMA.numeric_tensor][:, :1] * 2]
+
+    monkeypatch.setattr(backend, "OnnxRuntimeEngine", FakeEngine)
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    reference = Reference(numeric=[[0.5], [2.0]], categorical=[[0], [0]], outputs={"y": [1.0, 5.0]}, tolerance=0.1)
+    (version / REFERENCE_FILE).write_text(reference.model_dump_json())
+    model = backend.TritonPythonModel()
+    with pytest.raises(_FakeBackendUtils.TritonModelException, match="differs from the reference"):
+        model.initialize(_triton_args(tmp_path, text))  # the reference file named by the config was read
+    assert opened == [str(version / MODEL_FILE)]
+    (version / REFERENCE_FILE).write_text(reference.model_copy(update={"outputs": {"y": [1.0, 4.0]}}).model_dump_json())
+    model.initialize(_triton_args(tmp_path, text))  # reproduced: it serves
+    text = text.replace(f'string_value: "{REFERENCE_FILE}"', 'string_value: "other.json"')
+    model.initialize(_triton_args(tmp_path, text))  # other.json does not exist: no reference check
+    assert model.inputs == [(SCHEMA.numeric_tensor, "float32"), (SCHEMA.categorical_tensor, "int64")]
+
+
+def test_the_backend_refuses_a_config_without_the_file_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _backend(monkeypatch)
+    text = render_config("m", [SCHEMA], [1], ServingOptions())
+    bare = "\n".join(line for line in text.splitlines() if '_file"' not in line) + "\n"
+    with pytest.raises(_FakeBackendUtils.TritonModelException, match=r"lacks the parameters \['onnx_file'"):
+        backend.TritonPythonModel().initialize(_triton_args(tmp_path, bare))
+    sneaky = text.replace(f'string_value: "{MODEL_FILE}"', 'string_value: "../2/model.onnx"')
+    with pytest.raises(_FakeBackendUtils.TritonModelException, match="file names in the version folder"):
+        backend.TritonPythonModel().initialize(_triton_args(tmp_path, sneaky))

@@ -3,7 +3,10 @@
 The embedded Triton (from the ``nvidia-pytriton`` wheel) has only the Python backend, so this
 file runs the exported model inside it. It is installed once as
 ``<backend-dir>/onnxruntime_py/model.py``; a model selects it with ``backend: "onnxruntime_py"``
-and each version folder holds only its artifacts (``model.onnx``, optionally ``model.pt``).
+and each version folder holds only its artifacts (``model.onnx``, optionally ``model.pt``). The
+config names them (parameters ``onnx_file``, ``torch_file``, ``schema_file``, ``reference_file``,
+written by ``modelspec.repository.render_config``): this file imports nothing of the project, only
+the standard library, numpy and the engines, and refuses a config without them.
 
 Every ``execute`` call concatenates the valid requests Triton's dynamic batcher gathered into one
 run and splits the outputs back; a malformed request gets its own error response and does not
@@ -38,11 +41,27 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Triton Python stub
 
-ONNX_FILE = "model.onnx"
-TORCH_FILE = "model.pt"
-SCHEMA_FILE = "schema.json"
-REFERENCE_FILE = "reference.json"
 ENGINES = ("auto", "onnxruntime", "torch")
+FILE_PARAMETERS = ("onnx_file", "torch_file", "schema_file", "reference_file")
+"""The config parameters that name the version's files (``modelspec.layout.BACKEND_FILE_PARAMETERS``,
+written by ``modelspec.repository.render_config``): this file runs in Triton's Python stub, where
+nothing of the project can be imported, so the names come with the config instead."""
+
+
+def bundle_files(params: dict[str, str], model: str) -> dict[str, str]:
+    """The version's file names from the config parameters; TritonModelException when one is absent."""
+    missing = [key for key in FILE_PARAMETERS if not params.get(key)]
+    if missing:
+        raise pb_utils.TritonModelException(
+            f"config.pbtxt of {model} lacks the parameters {missing} that name the version's files; "
+            "render it with modelspec.repository.render_config"
+        )
+    odd = [params[key] for key in FILE_PARAMETERS if os.path.basename(params[key]) != params[key]]
+    if odd:
+        raise pb_utils.TritonModelException(
+            f"config.pbtxt of {model}: file parameters {odd} must be file names in the version folder"
+        )
+    return {key: params[key] for key in FILE_PARAMETERS}
 
 
 class _DLPackView:
@@ -83,7 +102,7 @@ def _numpy_output_wrapper() -> Any:
 class OnnxRuntimeEngine:
     """``model.onnx`` in onnxruntime; arrays are numpy arrays in host memory."""
 
-    def __init__(self, version_dir: str, gpu_id: int | None, threads: int) -> None:
+    def __init__(self, model_path: str, gpu_id: int | None, threads: int) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -96,9 +115,7 @@ class OnnxRuntimeEngine:
         providers: list[Any] = ["CPUExecutionProvider"]
         if gpu_id is not None:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu_id}))
-        self.session = ort.InferenceSession(
-            os.path.join(version_dir, ONNX_FILE), sess_options=options, providers=providers
-        )
+        self.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.description = f"onnxruntime {ort.__version__} {self.session.get_providers()[0]}"
@@ -143,16 +160,16 @@ class OnnxRuntimeEngine:
 class TorchEngine:
     """The TorchScript artifact ``model.pt`` on one device; arrays are torch tensors."""
 
-    def __init__(self, version_dir: str, device: str, threads: int) -> None:
+    def __init__(self, model_path: str, schema_path: str, device: str, threads: int) -> None:
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
         if threads > 0:
             torch.set_num_threads(threads)
-        self.module = torch.jit.load(os.path.join(version_dir, TORCH_FILE), map_location=self.device)
+        self.module = torch.jit.load(model_path, map_location=self.device)
         self.module.eval()
-        with open(os.path.join(version_dir, SCHEMA_FILE)) as fh:
+        with open(schema_path) as fh:
             schema = json.load(fh)
         self.input_names = [
             schema.get("numeric_tensor", "numeric"),
@@ -224,6 +241,9 @@ class TritonPythonModel:
         preference = params.get("engine", "auto") or "auto"
         if preference not in ENGINES:
             raise pb_utils.TritonModelException(f"parameter engine={preference!r}; expected one of {ENGINES}")
+        self.files = {
+            key: os.path.join(version_dir, name) for key, name in bundle_files(params, self.model_name).items()
+        }
         gpu_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
         self.engine, reason = self._choose(version_dir, preference, gpu_id, threads)
         by_name = {c["name"]: c for c in config["input"]}
@@ -235,45 +255,48 @@ class TritonPythonModel:
             for name in self.engine.input_names
         ]
         self.outputs = list(self.engine.output_names)
-        self._check_reference(version_dir)
+        self._check_reference()
         self.logger.log_info(
             f"{self.model_name} v{self.version} ready: engine {self.engine.description} ({reason}); "
             f"inputs {[n for n, _ in self.inputs]}, outputs {self.outputs}, numpy {np.__version__}"
         )
 
     def _choose(self, version_dir: str, preference: str, gpu_id: int | None, threads: int) -> tuple[Any, str]:
-        has_torch_file = os.path.isfile(os.path.join(version_dir, TORCH_FILE))
+        onnx_path, torch_path, schema_path = (self.files[k] for k in ("onnx_file", "torch_file", "schema_file"))
+        torch_name = os.path.basename(torch_path)
+        has_torch_file = os.path.isfile(torch_path)
         if preference == "onnxruntime":
             use_cuda = gpu_id is not None and OnnxRuntimeEngine.cuda_available()
-            return OnnxRuntimeEngine(version_dir, gpu_id if use_cuda else None, threads), "engine=onnxruntime"
+            return OnnxRuntimeEngine(onnx_path, gpu_id if use_cuda else None, threads), "engine=onnxruntime"
         if preference == "torch":
             if not has_torch_file:
-                raise pb_utils.TritonModelException(f"engine=torch but {TORCH_FILE} is not in {version_dir}")
+                raise pb_utils.TritonModelException(f"engine=torch but {torch_name} is not in {version_dir}")
             device = f"cuda:{gpu_id}" if gpu_id is not None and TorchEngine.cuda_available() else "cpu"
-            return TorchEngine(version_dir, device, threads), "engine=torch"
+            return TorchEngine(torch_path, schema_path, device, threads), "engine=torch"
         if gpu_id is None:
-            return OnnxRuntimeEngine(version_dir, None, threads), "KIND_CPU instance"
+            return OnnxRuntimeEngine(onnx_path, None, threads), "KIND_CPU instance"
         if OnnxRuntimeEngine.cuda_available():
-            return OnnxRuntimeEngine(version_dir, gpu_id, threads), "onnxruntime has the CUDA provider"
+            return OnnxRuntimeEngine(onnx_path, gpu_id, threads), "onnxruntime has the CUDA provider"
         if has_torch_file and TorchEngine.cuda_available():
             return (
-                TorchEngine(version_dir, f"cuda:{gpu_id}", threads),
+                TorchEngine(torch_path, schema_path, f"cuda:{gpu_id}", threads),
                 "onnxruntime has no CUDA provider (onnxruntime-gpu not installed); torch has CUDA",
             )
-        why = "no torch with CUDA" if has_torch_file else f"the version has no {TORCH_FILE}"
+        why = "no torch with CUDA" if has_torch_file else f"the version has no {torch_name}"
         self.logger.log_warn(
             f"{self.model_name} v{self.version}: KIND_GPU instance but onnxruntime has no CUDA provider "
             f"(install onnxruntime-gpu) and {why}; running on the CPU"
         )
-        return OnnxRuntimeEngine(version_dir, None, threads), f"fallback to CPU: {why}"
+        return OnnxRuntimeEngine(onnx_path, None, threads), f"fallback to CPU: {why}"
 
-    def _check_reference(self, version_dir: str) -> None:
+    def _check_reference(self) -> None:
         """Run the stored reference rows; raise when the engine does not reproduce them."""
-        path = os.path.join(version_dir, REFERENCE_FILE)
+        path = self.files["reference_file"]
         if not os.path.isfile(path):
             return
         with open(path) as fh:
             ref = json.load(fh)
+        # the rule of modelspec.tensors.reference_tensors (a missing number is null in the document)
         numeric = np.array([[np.nan if v is None else v for v in row] for row in ref["numeric"]], dtype=np.float32)
         categorical = np.array(ref["categorical"], dtype=np.int64)
         arrays = [numeric, categorical]
