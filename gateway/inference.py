@@ -40,7 +40,7 @@ async def infer_in_chunks(
         outputs = await client.infer(
             served.model,
             served.version,
-            {schema.numeric_tensor: batch.numeric, schema.categorical_tensor: batch.categorical},
+            batch.feed(schema),
             names,
             request_id=request_id,
         )
@@ -51,10 +51,7 @@ async def infer_in_chunks(
             client.infer(
                 served.model,
                 served.version,
-                {
-                    schema.numeric_tensor: batch.numeric[i : i + step],
-                    schema.categorical_tensor: batch.categorical[i : i + step],
-                },
+                batch.feed(schema, slice(i, i + step)),
                 names,
                 request_id=f"{request_id}.{i // step}",
             )

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from modelspec import ModelSchema, Reference
+from modelspec.tensors import feed
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def export_onnx(
     for n in PARITY_BATCH_SIZES:
         if n > len(numeric):
             continue
-        got = session.run(None, {schema.numeric_tensor: numeric[:n], schema.categorical_tensor: categorical[:n]})[0]
+        got = session.run(None, feed(schema, numeric[:n], categorical[:n]))[0]
         worst = max(worst, float(np.abs(got - expected_all[:n]).max()))
     log.info(
         "ONNX parity: max abs error %.3g (tolerance %.3g) at batch sizes %s",
