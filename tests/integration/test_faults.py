@@ -1,6 +1,7 @@
 """Faults with real processes: MLflow down, tritonserver killed, a sync killed mid-copy (issue 3).
 
-Named to run last: these tests stop and restart servers of the shared stack.
+Marked ``destructive``: these tests stop and restart servers of the session's shared stack, so
+tests/integration/conftest.py runs them after every other test.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from modelspec import Routing
 from modelspec.repository import STAGING_DIR, is_complete, version_dir
 from tests.integration.conftest import RunningStack, Trained, train_and_promote
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.destructive]
 
 
 def predict(stack: RunningStack, timeout: float = 5.0) -> httpx.Response:
