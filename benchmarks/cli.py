@@ -1,18 +1,17 @@
 """The ``modelops bench`` sub-command: a gated load test, or ``--compare`` of serving paths.
 
-``modelops`` adds it with ``add_bench_parser(sub, defaults=...)``, passing where its stack's
-servers are (:class:`StackDefaults`); ``python -m benchmarks.cli bench ...`` runs the same command
-without the rest of the CLI and reads the same places from the stack's environment variables
-itself (:meth:`StackDefaults.from_environment`): ``MODELOPS_STACK_HOST``,
-``MODELOPS_STACK_GATEWAY_PORT``, ``MODELOPS_STACK_TRITON_HTTP_PORT``, ``MODELOPS_STACK_MLFLOW_PORT``
-(or ``MODELOPS_REGISTRY_TRACKING_URI``), ``MODELOPS_STACK_MODEL_REPOSITORY`` and
-``MODELOPS_STACK_STATE_DIR`` (the old ``MODELOPS_<NAME>`` too, with a warning). Either way,
-against ``modelops up`` no option is needed. ``benchmarks`` never imports the launcher
-(``modelops``), which sits above it.
+Defaults: where the stack's servers are. ``modelops bench`` gets them from the launcher's
+settings; ``python -m benchmarks.cli bench ...`` (the same command without the rest of the CLI)
+reads the same environment variables itself: MODELOPS_STACK_HOST, MODELOPS_STACK_GATEWAY_PORT,
+MODELOPS_STACK_TRITON_HTTP_PORT, MODELOPS_STACK_MLFLOW_PORT (or MODELOPS_REGISTRY_TRACKING_URI),
+MODELOPS_STACK_MODEL_REPOSITORY and MODELOPS_STACK_STATE_DIR (the old MODELOPS_<NAME> names too,
+with a warning). Against ``modelops up`` no option is needed.
 
 Exit codes: 0 every budget held (or the comparison ran), 1 a budget broke (or, with
 ``--enforce-targets``, a comparison target was missed), 2 the benchmark could not run.
 """
+# The launcher adds this sub-command with add_bench_parser(sub, defaults=...), passing a
+# StackDefaults of its own settings: benchmarks/ sits below the launcher and never imports it.
 
 from __future__ import annotations
 

@@ -196,6 +196,9 @@ def _variant_server(
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
+# -- the comparison ---------------------------------------------------------------------------------
+
+
 def run_compare(opts: CompareOptions) -> CompareOutcome:
     """Start what the variants need, check they agree, measure each in turn (``rounds`` times), judge.
 
@@ -271,6 +274,9 @@ def run_compare(opts: CompareOptions) -> CompareOutcome:
     )
     outcome.targets = judge_targets(outcome, targets)
     return outcome
+
+
+# -- rounds: medians over repeated measurements --------------------------------------------------------
 
 
 def combine_rounds(into: VariantResult, results: list[VariantResult]) -> VariantResult:

@@ -115,9 +115,9 @@ def test_sync_killed_mid_copy_leaves_nothing_loadable_and_the_next_run_completes
     client.set_registered_model_alias("solar_ghi", "challenger", str(version))
     env = dict(
         os.environ,
-        MODELOPS_MLFLOW_PORT=str(s.mlflow_port),
-        MODELOPS_TRITON_HTTP_PORT=str(s.triton_http_port),
-        MODELOPS_MODEL_REPOSITORY=str(s.model_repository),
+        MODELOPS_STACK_MLFLOW_PORT=str(s.mlflow_port),
+        MODELOPS_STACK_TRITON_HTTP_PORT=str(s.triton_http_port),
+        MODELOPS_STACK_MODEL_REPOSITORY=str(s.model_repository),
     )
     done = subprocess.run(
         [sys.executable, "-m", "modelops", "sync", "solar_ghi"], env=env, capture_output=True, text=True, timeout=120
