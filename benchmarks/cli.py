@@ -1,12 +1,17 @@
 """The ``modelops bench`` sub-command: a gated load test, or ``--compare`` of serving paths.
 
-``modelops`` adds it with ``add_bench_parser(sub)``; ``python -m benchmarks.cli bench ...`` runs
-the same command without the rest of the CLI. Defaults come from the stack's settings
-(``MODELOPS_*``), so against ``modelops up`` no option is needed.
+Defaults: where the stack's servers are. ``modelops bench`` gets them from the launcher's
+settings; ``python -m benchmarks.cli bench ...`` (the same command without the rest of the CLI)
+reads the same environment variables itself: MODELOPS_STACK_HOST, MODELOPS_STACK_GATEWAY_PORT,
+MODELOPS_STACK_TRITON_HTTP_PORT, MODELOPS_STACK_MLFLOW_PORT (or MODELOPS_REGISTRY_TRACKING_URI),
+MODELOPS_STACK_MODEL_REPOSITORY and MODELOPS_STACK_STATE_DIR (the old MODELOPS_<NAME> names too,
+with a warning). Against ``modelops up`` no option is needed.
 
 Exit codes: 0 every budget held (or the comparison ran), 1 a budget broke (or, with
 ``--enforce-targets``, a comparison target was missed), 2 the benchmark could not run.
 """
+# The launcher adds this sub-command with add_bench_parser(sub, defaults=...), passing a
+# StackDefaults of its own settings: benchmarks/ sits below the launcher and never imports it.
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,69 @@ log = logging.getLogger("modelops.bench")
 EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_ERROR = 2
+
+
+STACK_ENV_PREFIX = "MODELOPS_STACK_"
+"""Prefix of the stack's environment variables (``modelops.settings.StackSettings`` reads the same)."""
+DEPRECATED_STACK_ENV_PREFIX = "MODELOPS_"
+"""Prefix the stack's variables had before; still read, after the new names, with a warning."""
+
+
+class StackDefaultsError(ValueError):
+    """A stack environment variable the defaults are read from has an invalid value."""
+
+
+@dataclass(frozen=True)
+class StackDefaults:
+    """Where the stack's servers are: what ``bench`` uses for an option that is not given."""
+
+    gateway_url: str
+    triton_url: str
+    tracking_uri: str
+    model_repository: Path
+    reports_root: Path
+    """Reports go to ``<reports_root>/<model>-<UTC time>`` unless ``--report-dir`` says otherwise."""
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> StackDefaults:
+        """The defaults ``modelops up`` would use, from the stack's variables (``MODELOPS_STACK_*``).
+
+        The same names and defaults as ``modelops.settings.StackSettings`` (a unit test holds
+        them equal), read here so that ``benchmarks`` needs nothing from the launcher.
+
+        Raises:
+            StackDefaultsError: a port variable is not a port number.
+        """
+        env = {k.upper(): v for k, v in (os.environ if environ is None else environ).items()}
+
+        def get(field: str, default: str) -> str:
+            new, old = f"{STACK_ENV_PREFIX}{field.upper()}", f"{DEPRECATED_STACK_ENV_PREFIX}{field.upper()}"
+            if new in env:
+                return env[new]
+            if old in env:
+                log.warning("%s is deprecated; rename it %s", old, new)
+                return env[old]
+            return default
+
+        def port(field: str, default: int) -> int:
+            text = get(field, str(default))
+            try:
+                value = int(text)
+            except ValueError:
+                value = 0
+            if not 1 <= value <= 65535:
+                raise StackDefaultsError(f"{STACK_ENV_PREFIX}{field.upper()}={text!r} is not a port (1-65535)")
+            return value
+
+        host = get("host", "127.0.0.1")
+        tracking = env.get("MODELOPS_REGISTRY_TRACKING_URI", f"http://{host}:{port('mlflow_port', 5000)}")
+        return cls(
+            gateway_url=f"http://{host}:{port('gateway_port', 8080)}",
+            triton_url=f"http://{host}:{port('triton_http_port', 8000)}",
+            tracking_uri=tracking,
+            model_repository=Path(get("model_repository", "model_repository")),
+            reports_root=Path(get("state_dir", ".modelops")) / "bench",
+        )
 
 
 def _csv_ints(text: str) -> tuple[int, ...]:
@@ -36,7 +106,7 @@ def _csv_ints(text: str) -> tuple[int, ...]:
 
 
 def _csv_variants(text: str) -> tuple[str, ...]:
-    from benchmarks.compare import VARIANTS
+    from benchmarks.compare_results import VARIANTS
 
     values = tuple(v.strip() for v in text.split(",") if v.strip())
     unknown = [v for v in values if v not in VARIANTS]
@@ -45,8 +115,15 @@ def _csv_variants(text: str) -> tuple[str, ...]:
     return values
 
 
-def add_bench_parser(subparsers: Any) -> None:
-    """Add the ``bench`` sub-command to a ``modelops`` sub-parser collection."""
+def add_bench_parser(subparsers: Any, defaults: Callable[[], StackDefaults] | None = None) -> None:
+    """Add the ``bench`` sub-command to a ``modelops`` sub-parser collection.
+
+    Args:
+        subparsers: what ``ArgumentParser.add_subparsers()`` returned.
+        defaults: gives where the stack's servers are, called only when ``bench`` runs (so a bad
+            variable does not break the other sub-commands); None reads the environment
+            (:meth:`StackDefaults.from_environment`).
+    """
     b = subparsers.add_parser(
         "bench",
         help="load-test the gateway against the model's budgets (--compare: serving paths side by side)",
@@ -55,7 +132,7 @@ def add_bench_parser(subparsers: Any) -> None:
     )
     where = b.add_argument_group("what to load")
     where.add_argument("--model", help="model to load (default: the gateway's default model)")
-    where.add_argument("--gateway-url", help="gateway base URL (default: the stack's, MODELOPS_GATEWAY_PORT)")
+    where.add_argument("--gateway-url", help="gateway base URL (default: the stack's, MODELOPS_STACK_GATEWAY_PORT)")
     where.add_argument(
         "--budgets", type=Path, help="budgets YAML (default: benchmarks/budgets/<model>.yaml)", metavar="PATH"
     )
@@ -90,10 +167,17 @@ def add_bench_parser(subparsers: Any) -> None:
     cmp.add_argument("--compare", action="store_true", help="compare gateway, Triton, Triton without batching, mlflow")
     cmp.add_argument(
         "--triton-url",
-        help="Triton HTTP base URL (default: the stack's, MODELOPS_TRITON_HTTP_PORT); the gate uses it only to "
+        help="Triton HTTP base URL (default: the stack's, MODELOPS_STACK_TRITON_HTTP_PORT); the gate uses it only to "
         "account Triton's CPU",
     )
-    cmp.add_argument("--model-repository", type=Path, help="the stack's model repository, read only")
+    cmp.add_argument(
+        "--model-repository",
+        type=Path,
+        help="the stack's model repository, read only (MODELOPS_STACK_MODEL_REPOSITORY)",
+    )
+    cmp.add_argument(
+        "--targets", type=Path, help="targets YAML (default: benchmarks/targets/compare.yaml)", metavar="PATH"
+    )
     cmp.add_argument("--variants", type=_csv_variants, help="comma-separated subset of the variants")
     cmp.add_argument("--steps", type=_csv_ints, help="concurrent users of each load step (default 1,8,16,32,64,128)")
     cmp.add_argument("--step-duration", type=float, help="seconds per load step (default 8)")
@@ -105,29 +189,32 @@ def add_bench_parser(subparsers: Any) -> None:
     cmp.add_argument("--rounds", type=int, help="repeat every measurement, rotating the order; report medians")
     cmp.add_argument("--mlflow-workers", type=int, default=1, help="workers of mlflow models serve (its default 1)")
     cmp.add_argument("--enforce-targets", action="store_true", help="exit 1 when a comparison target is missed")
-    b.set_defaults(fn=cmd_bench)
+    b.set_defaults(fn=cmd_bench, stack_defaults=defaults or StackDefaults.from_environment)
 
 
-def _stack_defaults(args: argparse.Namespace) -> tuple[str, str, str, Path, Path]:
+def _stack_defaults(args: argparse.Namespace, stack: StackDefaults) -> tuple[str, str, str, Path, Path]:
     """gateway URL, Triton URL, tracking URI, model repository, reports root (options win)."""
-    from modelops.settings import StackSettings
-
-    stack = StackSettings()
-    gateway = args.gateway_url or f"http://{stack.host}:{stack.gateway_port}"
-    triton = args.triton_url or f"http://{stack.host}:{stack.triton_http_port}"
-    tracking = args.tracking_uri or os.environ.get("MODELOPS_REGISTRY_TRACKING_URI", stack.tracking_uri)
+    gateway = args.gateway_url or stack.gateway_url
+    triton = args.triton_url or stack.triton_url
+    tracking = args.tracking_uri or stack.tracking_uri
     repository = args.model_repository or stack.model_repository
-    return gateway.rstrip("/"), triton.rstrip("/"), tracking, repository, stack.state_dir / "bench"
+    return gateway.rstrip("/"), triton.rstrip("/"), tracking, repository, stack.reports_root
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run ``modelops bench`` (see the module docstring for exit codes)."""
     from benchmarks.budget import BudgetError, default_budgets_path, load_budgets
+    from benchmarks.compare_targets import TargetsError
     from benchmarks.gate import BenchError, default_report_dir, discover
     from benchmarks.loadrun import LoadRunFailed
     from benchmarks.peers import ServerFailed
 
-    gateway, triton, tracking, repository, reports_root = _stack_defaults(args)
+    try:
+        stack = args.stack_defaults()
+    except StackDefaultsError as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    gateway, triton, tracking, repository, reports_root = _stack_defaults(args, stack)
     try:
         model = args.model
         if model is None and args.budgets is None:
@@ -138,7 +225,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.compare:
             return _compare(args, gateway, triton, tracking, repository, report_dir, budgets)
         return _gate(args, gateway, triton, tracking, report_dir, budgets, budgets_path)
-    except (BudgetError, BenchError, LoadRunFailed, ServerFailed) as exc:
+    except (BudgetError, TargetsError, BenchError, LoadRunFailed, ServerFailed) as exc:
         log.error("%s", exc)
         return EXIT_ERROR
 
@@ -193,7 +280,9 @@ def _compare(
     report_dir: Path,
     budgets: Any,
 ) -> int:
-    from benchmarks.compare import CompareOptions, run_compare, terminal_report, write_reports
+    from benchmarks.compare import run_compare
+    from benchmarks.compare_report import terminal_report, write_reports
+    from benchmarks.compare_results import CompareOptions
 
     given: dict[str, Any] = {
         "variants": args.variants,
@@ -205,6 +294,7 @@ def _compare(
         "sweep_users": args.sweep_users,
         "rounds": args.rounds,
         "load_engine": args.load_engine,
+        "targets_path": args.targets,
     }
     opts = CompareOptions(
         gateway_url=gateway,

@@ -22,6 +22,11 @@ the model (onnxruntime; torch for the GPU path): no pydantic, tritonclient or ML
 (``--device cpu``) runs the same code on an ordinary machine; ``--quick`` shortens it to a
 smoke test (the test suite runs it so). Exit codes: 0 done, 1 wrong answers or failed requests
 (or a missed target with ``--enforce-targets``), 2 the check could not run.
+
+Why one module of ~500 lines: it is the one script a bare GPU host is given to run, read top to
+bottom as the check's sequence (profiles, verification, load steps, the result document); the
+parts with a life of their own are already in :mod:`benchmarks.gpu` (prepare, server, loadgen,
+protocol, report, ceiling), and splitting the sequence would only spread one procedure.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from benchmarks.gpu import ceiling  # noqa: E402
 from benchmarks.gpu.loadgen import LoadGenerator  # noqa: E402
 from benchmarks.gpu.prepare import Variant, read_plan  # noqa: E402
 from benchmarks.gpu.protocol import InferenceFailed, encode_request, http_request, infer, infer_path  # noqa: E402
-from benchmarks.gpu.report import StepResult, evaluate_targets, markdown, percentiles  # noqa: E402
+from benchmarks.gpu.report import GpuStep, evaluate_targets, markdown, percentiles  # noqa: E402
 from benchmarks.gpu.server import ModelLoadFailed, TritonServer, metric_values  # noqa: E402
 
 log = logging.getLogger("gpu_check")
@@ -219,7 +224,7 @@ def run_step(
     rows: int,
     concurrency: int,
     profile: Profile,
-) -> StepResult:
+) -> GpuStep:
     """One load step; samples Triton's statistics at the window's edges and its GPU metrics within."""
     step = loadgen.start(server.host, server.http_port, requests, concurrency, profile.warmup_s, profile.duration_s)
     time.sleep(max(0.0, step.window_start - time.time()))
@@ -237,7 +242,7 @@ def run_step(
     merged = step.result()
     latencies = np.frombuffer(merged.latencies_ms, dtype=np.float64)
     rps = merged.completed / profile.duration_s
-    result = StepResult(
+    result = GpuStep(
         model=variant.name,
         role=variant.role,
         engine=engine,
@@ -299,7 +304,7 @@ def run_check(prepared: Path, args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     server = TritonServer(repository, work, extra_args=["--metrics-interval-ms=500", *args.triton_arg])
     loadgen: LoadGenerator | None = None
-    steps: list[StepResult] = []
+    steps: list[GpuStep] = []
     load_errors: dict[str, str] = {}
     skipped: list[str] = []
     verification: dict[str, dict[str, Any]] = {}

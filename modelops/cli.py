@@ -1,12 +1,17 @@
 """The ``modelops`` command line.
 
 ``modelops up`` runs the embedded stack in the foreground; the other commands act on a running
-one (its MLflow and Triton) through the same settings (``MODELOPS_*``).
+one (its MLflow and Triton) through the same settings (``MODELOPS_STACK_*``,
+:class:`modelops.settings.StackSettings`).
+
+``modelops bench`` is there only where the ``benchmarks`` package is installed: the gateway and
+sync images copy neither it nor its dependencies, and their ``modelops`` must still start.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from modelops.settings import StackSettings
 
 if TYPE_CHECKING:
+    from benchmarks.cli import StackDefaults
     from deployer.settings import RegistrySettings
 
 log = logging.getLogger("modelops")
@@ -276,6 +282,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_defaults() -> StackDefaults:
+    """Where this stack's servers are, for ``modelops bench`` (called only when it runs)."""
+    from benchmarks.cli import StackDefaults
+
+    stack = StackSettings()
+    return StackDefaults(
+        gateway_url=f"http://{stack.host}:{stack.gateway_port}",
+        triton_url=f"http://{stack.host}:{stack.triton_http_port}",
+        tracking_uri=os.environ.get("MODELOPS_REGISTRY_TRACKING_URI", stack.tracking_uri),
+        model_repository=stack.model_repository,
+        reports_root=stack.state_dir / "bench",
+    )
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
     """Delete the embedded stack's state (registry, artifacts, logs) and the model repository."""
     from modelops.stack import reset_state
@@ -350,9 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
 
-    from benchmarks.cli import add_bench_parser
+    # Looked up, not imported: a missing package is the one case to skip, while an error inside
+    # an installed benchmarks package must still surface.
+    if importlib.util.find_spec("benchmarks") is not None:
+        from benchmarks.cli import add_bench_parser
 
-    add_bench_parser(sub)
+        add_bench_parser(sub, defaults=_bench_defaults)
 
     rs = sub.add_parser("reset", help="delete the embedded stack's state")
     rs.add_argument("--yes", action="store_true")

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from modelops.settings import StackSettings
+from modelops.settings import StackSettings, env_name
 from modelspec import Routing
 from servers.processes import Service, ServiceFailed, port_in_use
 from servers.tritonserver import TritonPorts, prepare_backends, triton_command, triton_environment
@@ -127,13 +127,17 @@ class EmbeddedStack:
     def _check_ports(self) -> None:
         s = self.settings
         ports = {
-            "MLflow (MODELOPS_MLFLOW_PORT)": s.mlflow_port,
-            "Triton HTTP (MODELOPS_TRITON_HTTP_PORT)": s.triton_http_port,
-            "Triton gRPC (MODELOPS_TRITON_GRPC_PORT)": s.triton_grpc_port,
-            "Triton metrics (MODELOPS_TRITON_METRICS_PORT)": s.triton_metrics_port,
-            "gateway (MODELOPS_GATEWAY_PORT)": s.gateway_port,
+            "MLflow": "mlflow_port",
+            "Triton HTTP": "triton_http_port",
+            "Triton gRPC": "triton_grpc_port",
+            "Triton metrics": "triton_metrics_port",
+            "gateway": "gateway_port",
         }
-        busy = [f"{name} port {port}" for name, port in ports.items() if port_in_use(port, s.host)]
+        busy = [
+            f"{server} ({env_name(field)}) port {getattr(s, field)}"
+            for server, field in ports.items()
+            if port_in_use(getattr(s, field), s.host)
+        ]
         if busy:
             raise StepFailed(
                 "ports already in use: " + ", ".join(busy) + ". Is another `make up` running? "

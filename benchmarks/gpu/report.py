@@ -18,8 +18,11 @@ SATURATION_BATCH_TARGET = 16.0
 
 
 @dataclass(frozen=True)
-class StepResult:
-    """One load step: a served variant, a request size and a number of requests in flight."""
+class GpuStep:
+    """One load step of the GPU check: a served variant, a request size and a number of requests in flight.
+
+    (Not :class:`benchmarks.compare_results.LoadStep`, a step of users of ``modelops bench --compare``.)
+    """
 
     model: str
     role: str
@@ -68,11 +71,11 @@ class TargetResult:
     detail: str
 
 
-def _best(steps: list[StepResult], key: str) -> StepResult | None:
+def _best(steps: list[GpuStep], key: str) -> GpuStep | None:
     return max(steps, key=lambda s: float(getattr(s, key)), default=None)
 
 
-def evaluate_targets(steps: list[StepResult]) -> list[TargetResult]:
+def evaluate_targets(steps: list[GpuStep]) -> list[TargetResult]:
     """Check the issue's targets (set for one H100) against the steps that measure them."""
     batched = [s for s in steps if s.role == "batched" and s.errors == 0]
     single = [s for s in batched if s.rows_per_request == 1]
@@ -103,7 +106,7 @@ def evaluate_targets(steps: list[StepResult]) -> list[TargetResult]:
         )
     )
 
-    def at(role: str) -> StepResult | None:
+    def at(role: str) -> GpuStep | None:
         return next(
             (
                 s

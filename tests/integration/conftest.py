@@ -59,6 +59,17 @@ class RunningStack:
         return f"http://{self.settings.host}:{self.settings.triton_metrics_port}/metrics"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the tests marked ``destructive`` after every other test, in their own order.
+
+    They stop MLflow and kill tritonserver of the one stack the session shares (``running_stack``);
+    a test after them would meet servers that are restarting or gone. The order is explicit here
+    instead of relying on file names sorting last. The sort is stable, so everything else keeps
+    pytest's order.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
+
+
 def stack_settings(root: Path) -> StackSettings:
     """Settings of a stack under ``root`` on free ports."""
     return StackSettings(

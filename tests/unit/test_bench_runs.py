@@ -17,17 +17,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cli import add_bench_parser, main
-from benchmarks.compare import (
-    CompareOptions,
-    CompareOutcome,
-    StepResult,
-    SweepPoint,
-    VariantResult,
-    comparison_rows,
-    judge_targets,
-    markdown_report,
-    to_document,
-)
+from benchmarks.compare_report import comparison_rows, markdown_report, to_document
+from benchmarks.compare_results import CompareOptions, CompareOutcome, LoadStep, SweepPoint, VariantResult
+from benchmarks.compare_targets import judge_targets
 from benchmarks.gate import ServedModel
 from benchmarks.loadrun import ENGINES, HttpTarget, Load, run_load
 from benchmarks.payloads import PreparedRequest
@@ -212,7 +204,7 @@ def _variant(name: str, fixed_p50: float, steps: dict[int, tuple[float, float]])
         f"http://{name}",
         fixed=_stats(50, fixed_p50, fixed_p50 * 2),
         fixed_health=_IDLE,
-        steps=[StepResult(u, _stats(rps, p95 / 2, p95), _IDLE) for u, (rps, p95) in steps.items()],
+        steps=[LoadStep(u, _stats(rps, p95 / 2, p95), _IDLE) for u, (rps, p95) in steps.items()],
     )
 
 

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 
 from benchmarks.gpu.protocol import decode_response, encode_request, http_request
-from benchmarks.gpu.report import StepResult, evaluate_targets, markdown
+from benchmarks.gpu.report import GpuStep, evaluate_targets, markdown
 from benchmarks.gpu.server import ModelStats, metric_values
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 
 
-def _step(role: str, rows: int, concurrency: int, rps: float, p99: float = 5.0, batch: float = 20.0) -> StepResult:
-    return StepResult(
+def _step(role: str, rows: int, concurrency: int, rps: float, p99: float = 5.0, batch: float = 20.0) -> GpuStep:
+    return GpuStep(
         model=f"m_{role}",
         role=role,
         engine="torch cuda:0",

@@ -1,6 +1,7 @@
 """Faults with real processes: MLflow down, tritonserver killed, a sync killed mid-copy (issue 3).
 
-Named to run last: these tests stop and restart servers of the shared stack.
+Marked ``destructive``: these tests stop and restart servers of the session's shared stack, so
+tests/integration/conftest.py runs them after every other test.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from modelspec import Routing
 from modelspec.repository import STAGING_DIR, is_complete, version_dir
 from tests.integration.conftest import RunningStack, Trained, train_and_promote
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.destructive]
 
 
 def predict(stack: RunningStack, timeout: float = 5.0) -> httpx.Response:
@@ -114,9 +115,9 @@ def test_sync_killed_mid_copy_leaves_nothing_loadable_and_the_next_run_completes
     client.set_registered_model_alias("solar_ghi", "challenger", str(version))
     env = dict(
         os.environ,
-        MODELOPS_MLFLOW_PORT=str(s.mlflow_port),
-        MODELOPS_TRITON_HTTP_PORT=str(s.triton_http_port),
-        MODELOPS_MODEL_REPOSITORY=str(s.model_repository),
+        MODELOPS_STACK_MLFLOW_PORT=str(s.mlflow_port),
+        MODELOPS_STACK_TRITON_HTTP_PORT=str(s.triton_http_port),
+        MODELOPS_STACK_MODEL_REPOSITORY=str(s.model_repository),
     )
     done = subprocess.run(
         [sys.executable, "-m", "modelops", "sync", "solar_ghi"], env=env, capture_output=True, text=True, timeout=120
