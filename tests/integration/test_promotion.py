@@ -29,9 +29,9 @@ pytestmark = pytest.mark.integration
 def cli_env(running_stack: RunningStack, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point the `modelops` CLI at the test stack."""
     s = running_stack.settings
-    monkeypatch.setenv("MODELOPS_MLFLOW_PORT", str(s.mlflow_port))
-    monkeypatch.setenv("MODELOPS_TRITON_HTTP_PORT", str(s.triton_http_port))
-    monkeypatch.setenv("MODELOPS_MODEL_REPOSITORY", str(s.model_repository))
+    monkeypatch.setenv("MODELOPS_STACK_MLFLOW_PORT", str(s.mlflow_port))
+    monkeypatch.setenv("MODELOPS_STACK_TRITON_HTTP_PORT", str(s.triton_http_port))
+    monkeypatch.setenv("MODELOPS_STACK_MODEL_REPOSITORY", str(s.model_repository))
 
 
 def routing(stack: RunningStack, model: str = "solar_ghi") -> Routing:
