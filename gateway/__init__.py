@@ -8,7 +8,8 @@
 - :mod:`gateway.serving`: which version answers (follows ``routing.json`` of each model) and the
   documents of each served version; no path leaves the model repository.
 - :mod:`gateway.policy`: canary share and shadow switch per model (shared JSON file).
-- :mod:`gateway.upstream`: the only module that imports ``tritonclient``.
+- :mod:`gateway.upstream`: the door to Triton: the :mod:`tritonio` client it makes (HTTP or
+  gRPC) and the one mapping of Triton's failures onto the gateway's errors.
 - :mod:`gateway.errors`: one error base, one JSON error shape.
 - :mod:`gateway.metrics`: Prometheus metrics (multiprocess-aware).
 - :mod:`gateway.drift`: rolling windows and PSI against the training profile.

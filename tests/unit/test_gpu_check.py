@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from benchmarks.gpu.protocol import decode_response, encode_request, http_request
+
 from benchmarks.gpu.report import StepResult, evaluate_targets, markdown
 from benchmarks.gpu.server import ModelStats, metric_values
 
