@@ -10,8 +10,10 @@ here with numpy alone, independently of :mod:`tritonio.codec`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +74,11 @@ def infer_answer(request: Request, *, binary: bool = True) -> bytes:
     values = {"y": arrays["x"] * 2, "idx": np.arange(arrays["x"].shape[0], dtype=np.int64).reshape(-1, 1)}
     datatypes = {"y": "FP32", "idx": "INT64"}
     outputs, blobs = [], []
-    for spec in header["outputs"]:
+    every = [{"name": name, "parameters": {"binary_data": True}} for name in values]  # none named: all of them
+    for spec in header.get("outputs") or every:
         name = spec["name"]
+        if name not in values:
+            continue  # as a model exported without it
         out: dict[str, Any] = {"name": name, "datatype": datatypes[name], "shape": list(values[name].shape)}
         if binary and spec.get("parameters", {}).get("binary_data"):
             blob = values[name].astype(values[name].dtype.newbyteorder("<")).tobytes()
@@ -231,3 +236,26 @@ UNREADABLE = {
     "not-http": b"SSH-2.0-OpenSSH\r\n\r\n",
 }
 """Answers to an infer call asking for ``y`` that a client cannot use."""
+
+
+@contextlib.contextmanager
+def serving_in_a_thread(handler: Handler | None = None) -> Iterator[FakeTritonHttp]:
+    """A :class:`FakeTritonHttp` on its own event loop in a thread, for blocking clients.
+
+    ``handler`` replaces its answers (it may call ``server.answer``); set ``server.handler`` later
+    from the test's thread only between calls.
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = FakeTritonHttp()
+    if handler is not None:
+        server.handler = handler
+    asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(10)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
