@@ -21,6 +21,7 @@ machine count less), the median of ``--repeats`` repeats of ``--number`` calls::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -179,7 +180,11 @@ def machine() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "absent"
-    return {"cpu": platform.processor() or platform.machine(), "cpus": str(os.cpu_count()), **versions}
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cpus": str(os.cpu_count()), **versions}
 
 
 def table(figures: Sequence[dict[str, Any]]) -> str:

@@ -15,10 +15,9 @@ answers skipped, then the body by length, chunked (extensions and trailers dropp
 parsers (:mod:`benchmarks.gpu.loadgen`) call :func:`parse_head` on the bytes they buffered.
 
 The head is read with one regular expression over its lower-cased copy, for the few headers
-that matter, not split into a dictionary: a whole pooled call costs ~0.03 ms of client CPU and
-a general HTTP parser in Python would add a fair part of that (one pass is ~2 us for a
-gateway answer's head, against ~3 us per response for the whole of the load generator's
-former hand-written reader, which this replaces).
+that matter, not split into a dictionary: on the development machine :func:`parse_head` takes
+~1.4 us for a Triton answer's head (the gateway's former hand-written parser: 1.7 us), and the
+asyncio load generator reads a whole gateway answer in ~3.0 us, as with its former reader.
 
 Standard library only (load generators import it without numpy).
 """
