@@ -13,15 +13,19 @@
   - :mod:`benchmarks.compare_agreement`: the same records through every variant, same answers?
   - :mod:`benchmarks.compare_targets`: the targets file (``targets/compare.yaml``) and its verdicts;
   - :mod:`benchmarks.compare_report`: terminal, Markdown, HTML and JSON reports.
-- :mod:`benchmarks.payloads`: records generated from the served schema, encoded per target.
+- :mod:`benchmarks.payloads`: records generated from the served schema, encoded per target (the
+  Triton bodies by :mod:`tritonio.codec`).
 - :mod:`benchmarks.loadrun`: runs the load generator as its own process: Locust
   (:mod:`benchmarks.locustfile`), or :mod:`benchmarks.asyncload` (``--load-engine asyncio``, raw
-  keep-alive HTTP/1.1 on asyncio, a fraction of Locust's CPU per request).
+  keep-alive HTTP/1.1 on asyncio framed by :mod:`tritonio.http1`, a fraction of Locust's CPU per
+  request).
 - :mod:`benchmarks.stats`: exact percentiles, per-second series, load-generator saturation.
 - :mod:`benchmarks.report`: JSON summary, verdict table, HTML report with plots.
 - :mod:`benchmarks.recording`: the result on the MLflow model version (tags, metrics, artifacts).
 - :mod:`benchmarks.peers`: the temporary Triton and ``mlflow models serve`` a comparison starts.
 - ``gpu_check.py`` and :mod:`benchmarks.gpu`: the GPU check of the embedded Triton (docs/gpu.md).
+- :mod:`benchmarks.codec_bench`: ``python -m benchmarks.codec_bench``, tritonclient's KServe v2
+  helpers against :mod:`tritonio.codec` (the figures behind keeping a codec of our own).
 
 The driver talks HTTP to what it measures and never imports a load generator: Locust, or the
 asyncio engine, runs as its own process (importing Locust next to torch or MLflow crashed, see

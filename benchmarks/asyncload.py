@@ -3,8 +3,8 @@
 Locust (``FastHttpUser``) spends about 0.2 ms of CPU per request on the 2-core development
 machine, as much as Triton itself, so when it shares the cores with the servers it saturates
 before they do and hides their differences. This engine sends the same requests from one
-keep-alive connection per virtual user with pre-encoded request bytes and a minimal response
-parser, for a fraction of that CPU (docs/benchmarks.md has the measured figures).
+keep-alive connection per virtual user with pre-encoded request bytes and the minimal response
+parser of :mod:`tritonio.http1`, for a fraction of that CPU (docs/benchmarks.md has the measured figures).
 
 It is a drop-in for :mod:`benchmarks.locustfile`: :func:`benchmarks.loadrun.run_load` starts it as
 its own process with the same plan file (``MODELOPS_BENCH_PLAN``: path, base64 bodies, headers per
@@ -28,7 +28,7 @@ happened (``connection refused``, ``connection closed by the server``, ``timeout
 is opened again for the next request. A kept-alive connection the server closed while it was idle
 is opened again and the request sent once more, as HTTP clients do, without counting a failure.
 
-Standard library only, plus uvloop when it is installed::
+Standard library only (:mod:`tritonio.http1` is), plus uvloop when it is installed::
 
     MODELOPS_BENCH_PLAN=plan.json python -m benchmarks.asyncload --host http://127.0.0.1:8000 \\
         --users 16 --duration 10 --processes 2
@@ -57,6 +57,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.samplefiles import write_process_files
+from tritonio import http1
+from tritonio.errors import BadResponse
+from tritonio.http1 import read_response
 
 log = logging.getLogger("benchmarks.asyncload")
 
@@ -72,10 +75,6 @@ CONNECT_BACKOFF_S = 0.05
 HEAD_LIMIT = 1 << 20
 """Largest response head (status line and headers) accepted, bytes."""
 USER_AGENT = "modelops-asyncload/1"
-
-
-class ResponseError(ValueError):
-    """The server's answer is not HTTP/1.x as this client reads it."""
 
 
 @dataclass(frozen=True)
@@ -162,94 +161,14 @@ def encode_requests(plan: Plan, base_url: str) -> list[bytes]:
     encoded: list[bytes] = []
     for body, headers in zip(plan.bodies, plan.headers, strict=True):
         given = {k.lower() for k in headers}
-        lines = [f"POST {target} HTTP/1.1"]
+        fields: list[tuple[str, str]] = []
         if "host" not in given:
-            lines.append(f"Host: {authority}")
+            fields.append(("Host", authority))
         if "user-agent" not in given:
-            lines.append(f"User-Agent: {USER_AGENT}")
-        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("content-length", "transfer-encoding")]
-        lines.append(f"Content-Length: {len(body)}")
-        encoded.append(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            fields.append(("User-Agent", USER_AGENT))
+        fields += [(k, v) for k, v in headers.items() if k.lower() not in ("content-length", "transfer-encoding")]
+        encoded.append(http1.request_bytes("POST", target, fields, body))
     return encoded
-
-
-def _header(low: bytes, head: bytes, name: bytes) -> bytes | None:
-    """The value of header ``name`` (lower case) in a response head, from its lower-cased copy ``low``."""
-    at = low.find(b"\r\n" + name + b":")
-    if at < 0:
-        return None
-    start = at + len(name) + 3
-    return head[start : low.index(b"\r\n", start)].strip()
-
-
-async def read_response(reader: asyncio.StreamReader, version_header: bytes = b"") -> tuple[int, bool, bytes | None]:
-    """Read one whole response; return ``(status, connection reusable, value of version_header)``.
-
-    The body is read and dropped: by ``Content-Length``, by ``Transfer-Encoding: chunked`` (chunk
-    extensions and trailers included), or up to the end of the connection when it has neither.
-    Interim ``1xx`` answers are skipped. ``Connection: close``, HTTP/1.0 without keep-alive, and a
-    body delimited by the connection's end make the connection not reusable.
-
-    Raises:
-        ResponseError: the answer is not HTTP/1.x.
-        asyncio.IncompleteReadError: the connection ended in the middle (``partial`` is what came).
-        asyncio.LimitOverrunError: the head is larger than the reader's limit.
-    """
-    while True:
-        head = await reader.readuntil(b"\r\n\r\n")
-        low = head.lower()
-        line_end = low.find(b"\r\n")
-        if not low.startswith(b"http/1.") or line_end < 12:
-            raise ResponseError(f"bad status line {head[:40]!r}")
-        try:
-            status = int(head[9:12])
-        except ValueError:
-            raise ResponseError(f"bad status line {head[:line_end][:40]!r}") from None
-        if 100 <= status < 200 and status != 101:
-            continue
-        keep = low[5:8] == b"1.1"
-        connection = _header(low, head, b"connection")
-        if connection is not None:
-            value = connection.lower()
-            if b"close" in value:
-                keep = False
-            elif b"keep-alive" in value:
-                keep = True
-        version = _header(low, head, version_header) if version_header else None
-        if status in (101, 204, 304):
-            return status, keep and status != 101, version
-        encoding = _header(low, head, b"transfer-encoding")
-        if encoding is not None and b"chunked" in encoding.lower():
-            await _read_chunked(reader)
-            return status, keep, version
-        length = _header(low, head, b"content-length")
-        if length is not None:
-            try:
-                size = int(length)
-            except ValueError:
-                raise ResponseError(f"bad Content-Length {length[:20]!r}") from None
-            if size:
-                await reader.readexactly(size)
-            return status, keep, version
-        await reader.read()  # the body runs to the end of the connection
-        return status, False, version
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> None:
-    """Read a chunked body, its last chunk and its trailers."""
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        try:
-            size = int(line.split(b";", 1)[0], 16)
-        except ValueError:
-            raise ResponseError(f"bad chunk size line {line[:40]!r}") from None
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":
-                pass  # a trailer field
-            return
-        chunk = await reader.readexactly(size + 2)
-        if not chunk.endswith(b"\r\n"):
-            raise ResponseError("chunk not followed by CRLF")
 
 
 def failure_name(exc: BaseException, timeout_s: float, timed_out: bool) -> str:
@@ -262,7 +181,7 @@ def failure_name(exc: BaseException, timeout_s: float, timed_out: bool) -> str:
         return "connection closed by the server"
     if isinstance(exc, ConnectionResetError | ConnectionAbortedError):
         return "connection reset"
-    if isinstance(exc, ResponseError | asyncio.LimitOverrunError):
+    if isinstance(exc, BadResponse | asyncio.LimitOverrunError):
         return f"invalid HTTP response: {exc}"[:160]
     return f"{type(exc).__name__}: {exc}"[:160]
 
@@ -403,7 +322,7 @@ class _User:
                     assert self.writer is not None
                     self.writer.write(data)
                     try:
-                        status, keep, version = await read_response(reader, version_header)
+                        head, _body = await read_response(reader, extra=version_header)
                     except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
                         # A kept-alive connection the server had closed: open a new one, send again.
                         partial = getattr(exc, "partial", b"")
@@ -413,8 +332,9 @@ class _User:
                         reader = await self._connect(timeout)
                         assert self.writer is not None
                         self.writer.write(data)
-                        status, keep, version = await read_response(reader, version_header)
-                    if not keep:
+                        head, _body = await read_response(reader, extra=version_header)
+                    status, version = head.status, head.extra
+                    if not head.keep_alive:
                         self._close()
                         reader = None
                 except asyncio.CancelledError:

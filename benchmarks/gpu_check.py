@@ -59,9 +59,13 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make the project's packag
 from benchmarks.gpu import ceiling  # noqa: E402
 from benchmarks.gpu.loadgen import LoadGenerator  # noqa: E402
 from benchmarks.gpu.prepare import Variant, read_plan  # noqa: E402
-from benchmarks.gpu.protocol import InferenceFailed, encode_request, http_request, infer, infer_path  # noqa: E402
 from benchmarks.gpu.report import GpuStep, evaluate_targets, markdown, percentiles  # noqa: E402
 from benchmarks.gpu.server import ModelLoadFailed, TritonServer, metric_values  # noqa: E402
+from modelspec.rows import reference_arrays, tensor_names  # noqa: E402
+from tritonio.blocking import BlockingTritonClient  # noqa: E402
+from tritonio.codec import encode_request  # noqa: E402
+from tritonio.errors import TritonError  # noqa: E402
+from tritonio.http1 import infer_prefix, infer_request  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 
@@ -166,8 +170,7 @@ def short_engine(descriptions: list[str]) -> str:
 def _reference(version_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], float, dict[str, Any]]:
     schema = json.loads((version_dir / "schema.json").read_text())
     ref = json.loads((version_dir / "reference.json").read_text())
-    numeric = np.array([[np.nan if v is None else v for v in row] for row in ref["numeric"]], dtype=np.float32)
-    categorical = np.array(ref["categorical"], dtype=np.int64)
+    numeric, categorical = reference_arrays(ref)
     outputs = {k: np.asarray(v, dtype=np.float64) for k, v in ref["outputs"].items()}
     return numeric, categorical, outputs, float(ref["tolerance"]), schema
 
@@ -179,20 +182,19 @@ def verify(server: TritonServer, variant: Variant, version: int, version_dir: Pa
     the backend splits a batch back to the right requests.
     """
     numeric, categorical, expected, tolerance, schema = _reference(version_dir)
-    names = [schema.get("numeric_tensor", "numeric"), schema.get("categorical_tensor", "categorical")]
+    names = tensor_names(schema)
     outputs = list(expected)
 
     def call(rows: slice) -> dict[str, np.ndarray]:
-        return infer(
-            server.base_url, variant.name, version, {names[0]: numeric[rows], names[1]: categorical[rows]}, outputs
-        )
+        with BlockingTritonClient(f"{server.host}:{server.http_port}", timeout_s=30) as client:
+            return client.infer(variant.name, version, {names[0]: numeric[rows], names[1]: categorical[rows]}, outputs)
 
     worst = 0.0
     try:
         whole = call(slice(None))
         with ThreadPoolExecutor(max_workers=len(numeric)) as pool:
             singles = list(pool.map(call, [slice(i, i + 1) for i in range(len(numeric))]))
-    except (InferenceFailed, OSError) as exc:
+    except (TritonError, OSError) as exc:
         return {"ok": False, "max_abs_error": None, "tolerance": tolerance, "rows": len(numeric), "error": str(exc)}
     for name, want in expected.items():
         got_whole = whole[name].reshape(-1).astype(np.float64)
@@ -204,13 +206,14 @@ def verify(server: TritonServer, variant: Variant, version: int, version_dir: Pa
 def payloads(version_dir: Path, model: str, version: int, rows: int, host: str, count: int = 16) -> list[bytes]:
     """``count`` distinct HTTP requests of ``rows`` rows each, drawn from the reference rows."""
     numeric, categorical, expected, _tol, schema = _reference(version_dir)
-    names = [schema.get("numeric_tensor", "numeric"), schema.get("categorical_tensor", "categorical")]
+    names = tensor_names(schema)
     rng = np.random.default_rng(rows)
+    prefix = infer_prefix(host, model, version)
     requests = []
     for _ in range(count):
         idx = rng.integers(0, len(numeric), size=rows)
         body = encode_request({names[0]: numeric[idx], names[1]: categorical[idx]}, list(expected))
-        requests.append(http_request(host, infer_path(model, version), body))
+        requests.append(infer_request(prefix, body))
     return requests
 
 

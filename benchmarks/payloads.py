@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,6 +29,7 @@ import orjson
 
 from modelspec import ModelSchema
 from modelspec.tensors import encode_records
+from tritonio.codec import HEADER_LENGTH, datatype_of, decode_response, encode_request
 
 NULL_RATIO = 0.05
 """Share of nullable values sent as missing."""
@@ -140,32 +140,17 @@ def triton_binary_request(
     schema: ModelSchema, numeric: np.ndarray, categorical: np.ndarray, *, binary_output: bool = True
 ) -> PreparedRequest:
     """KServe v2 infer body with the binary tensor extension (JSON header, then raw tensor bytes)."""
-    raw_numeric = np.ascontiguousarray(numeric, dtype="<f4").tobytes()
-    raw_categorical = np.ascontiguousarray(categorical, dtype="<i8").tobytes()
-    header = {
-        "inputs": [
-            {
-                "name": schema.numeric_tensor,
-                "shape": list(numeric.shape),
-                "datatype": "FP32",
-                "parameters": {"binary_data_size": len(raw_numeric)},
-            },
-            {
-                "name": schema.categorical_tensor,
-                "shape": list(categorical.shape),
-                "datatype": "INT64",
-                "parameters": {"binary_data_size": len(raw_categorical)},
-            },
-        ],
-        "outputs": [{"name": o.name, "parameters": {"binary_data": binary_output}} for o in schema.outputs],
-    }
-    head = orjson.dumps(header)
+    request = encode_request(
+        {schema.numeric_tensor: numeric, schema.categorical_tensor: categorical},
+        [o.name for o in schema.outputs],
+        binary_outputs=binary_output,
+    )
     headers = {
         "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(head)),
+        HEADER_LENGTH: str(request.header_length),
         **IDENTITY,
     }
-    return PreparedRequest(head + raw_numeric + raw_categorical, headers, int(numeric.shape[0]))
+    return PreparedRequest(request.body(), headers, int(numeric.shape[0]))
 
 
 def mlflow_request(schema: ModelSchema, numeric: np.ndarray, categorical: np.ndarray) -> PreparedRequest:
@@ -177,18 +162,16 @@ def mlflow_request(schema: ModelSchema, numeric: np.ndarray, categorical: np.nda
 
 
 def decode_triton_binary_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
-    """FP32 outputs of a Triton infer response (binary extension or plain JSON)."""
+    """FP32 outputs of a Triton infer response (binary extension or plain JSON), flattened.
+
+    Raises:
+        PayloadError: a binary output is not FP32.
+        tritonio.errors.BadResponse: the body is not an infer response.
+    """
+    arrays = decode_response(body, header_length)
     if header_length is None:
-        doc = orjson.loads(body)
-        return {o["name"]: np.asarray(o["data"], dtype=np.float32) for o in doc["outputs"]}
-    doc = orjson.loads(body[:header_length])
-    offset = header_length
-    arrays: dict[str, np.ndarray] = {}
-    for out in doc["outputs"]:
-        size = int(out["parameters"]["binary_data_size"])
-        if out["datatype"] != "FP32":
-            raise PayloadError(f"output {out['name']!r} is {out['datatype']}; the benchmark reads FP32")
-        count = size // struct.calcsize("<f")
-        arrays[out["name"]] = np.frombuffer(body, dtype="<f4", count=count, offset=offset).copy()
-        offset += size
-    return arrays
+        return {name: array.astype(np.float32).reshape(-1) for name, array in arrays.items()}
+    for name, array in arrays.items():
+        if array.dtype != np.float32:
+            raise PayloadError(f"output {name!r} is {datatype_of(array.dtype)}; the benchmark reads FP32")
+    return {name: array.reshape(-1).copy() for name, array in arrays.items()}

@@ -1,7 +1,8 @@
 """Model control of one or several Triton servers: load, readiness, smoke inference.
 
 The sync controller talks to every Triton replica through this module, over HTTP with the
-synchronous ``tritonclient`` (control traffic is rare; the request path lives in the gateway).
+blocking :class:`tritonio.blocking.BlockingTritonClient` (control traffic is rare; the request
+path lives in the gateway).
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import numpy as np
 
 from modelspec import ModelSchema, Reference
+from modelspec.tensors import feed, reference_tensors
+from tritonio.blocking import BlockingTritonClient
+from tritonio.errors import Refused, TritonError
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +31,19 @@ class TritonControl:
     def __init__(self, url: str, timeout_s: float = 120.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        # tritonclient.http runs on gevent: a client must stay on the thread that made it.
+        # One keep-alive connection per client, one request at a time on it: a client per thread.
         self._local = threading.local()
 
     @property
-    def _client(self) -> Any:
-        client = getattr(self._local, "client", None)
+    def _client(self) -> BlockingTritonClient:
+        client: BlockingTritonClient | None = getattr(self._local, "client", None)
         if client is None:
-            import tritonclient.http as httpclient
-
-            client = httpclient.InferenceServerClient(
-                self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
-            )
+            client = BlockingTritonClient(self.url, timeout_s=self.timeout_s)
             self._local.client = client
         return client
 
     def close(self) -> None:
-        """Close this thread's HTTP connections."""
+        """Close this thread's HTTP connection."""
         client = getattr(self._local, "client", None)
         if client is not None:
             client.close()
@@ -53,7 +52,7 @@ class TritonControl:
     def server_ready(self) -> bool:
         """Whether the server answers and is ready."""
         try:
-            return bool(self._client.is_server_ready())
+            return self._client.server_ready()
         except Exception:  # connection refused, timeout: not ready either way
             return False
 
@@ -71,19 +70,18 @@ class TritonControl:
 
         Versions that stay in the policy keep serving while the new ones load.
         """
-        from tritonclient.utils import InferenceServerException
-
         started = time.monotonic()
         try:
             self._client.load_model(model)
-        except InferenceServerException as exc:
-            raise TritonControlError(f"Triton at {self.url} failed to load {model}: {exc.message()}") from exc
+        except TritonError as exc:
+            reason = exc.message if isinstance(exc, Refused) else str(exc)  # Triton's own words
+            raise TritonControlError(f"Triton at {self.url} failed to load {model}: {reason}") from exc
         log.info("Triton %s loaded %s in %.2f s", self.url, model, time.monotonic() - started)
 
     def ready_versions(self, model: str) -> set[int]:
         """Versions of ``model`` that are READY on this server."""
         try:
-            index = self._client.get_model_repository_index()
+            index = self._client.repository_index()
         except Exception as exc:
             raise TritonControlError(f"Triton at {self.url} did not list its repository: {exc}") from exc
         return {
@@ -98,24 +96,15 @@ class TritonControl:
         Returns the largest absolute difference; raises TritonControlError when it exceeds the
         reference tolerance or the inference fails.
         """
-        import tritonclient.http as httpclient
-        from tritonclient.utils import InferenceServerException
-
-        numeric = np.array([[np.nan if v is None else v for v in row] for row in reference.numeric], dtype=np.float32)
-        categorical = np.array(reference.categorical, dtype=np.int64)
-        inputs = [
-            httpclient.InferInput(schema.numeric_tensor, list(numeric.shape), "FP32"),
-            httpclient.InferInput(schema.categorical_tensor, list(categorical.shape), "INT64"),
-        ]
-        inputs[0].set_data_from_numpy(numeric, binary_data=True)
-        inputs[1].set_data_from_numpy(categorical, binary_data=True)
+        inputs = feed(schema, *reference_tensors(reference))
         try:
-            result = self._client.infer(model, inputs, model_version=str(version))
-        except InferenceServerException as exc:
+            # No outputs named: Triton returns all of them, so a missing one is named below.
+            result = self._client.infer(model, version, inputs)
+        except TritonError as exc:
             raise TritonControlError(f"smoke inference on {model} v{version} at {self.url} failed: {exc}") from exc
         worst = 0.0
         for name, expected in reference.outputs.items():
-            got = result.as_numpy(name)
+            got = result.get(name)
             if got is None:
                 raise TritonControlError(f"smoke inference on {model} v{version}: no output {name!r}")
             worst = max(worst, float(np.abs(got.reshape(-1) - np.asarray(expected, dtype=np.float32)).max()))

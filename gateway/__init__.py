@@ -20,7 +20,9 @@ Where a request goes: the transport (:mod:`gateway.app`) takes it, the data plan
   model repository.
 - :mod:`gateway.policy`: canary share and shadow switch per model (shared JSON file).
 - :mod:`gateway.upstream`: the gateway's only door to Triton: the
-  :class:`~gateway.upstream.InferenceClient` protocol and :func:`~gateway.upstream.make_client`.
+  :class:`~gateway.upstream.InferenceClient` protocol, :func:`~gateway.upstream.make_client` (the
+  :mod:`tritonio` client, HTTP or gRPC) and the one mapping of Triton's failures onto the
+  gateway's errors.
 - :mod:`gateway.errors`: one error base, and :func:`~gateway.errors.error_body`, the one place
   the JSON error shape is built (it never echoes the request).
 - :mod:`gateway.metrics`: Prometheus metrics (multiprocess-aware), and the families computed at

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modelspec.rows import CATEGORICAL_TENSOR, NUMERIC_TENSOR
+
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 """Feature, output and model names: lower snake case, so they are safe in URLs, paths and labels."""
 
@@ -118,8 +120,8 @@ class ModelSchema(_Frozen):
     features: Annotated[list[Feature], Field(min_length=1)]
     outputs: Annotated[list[OutputSpec], Field(min_length=1)]
     quality_metric: QualityMetric = QualityMetric()
-    numeric_tensor: str = "numeric"
-    categorical_tensor: str = "categorical"
+    numeric_tensor: str = NUMERIC_TENSOR
+    categorical_tensor: str = CATEGORICAL_TENSOR
 
     @model_validator(mode="after")
     def _check_names(self) -> ModelSchema:

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from modelspec.bundle import Reference
+from modelspec.rows import reference_arrays
 from modelspec.schema import CategoricalFeature, ModelSchema, NumericFeature
 
 __all__ = [
@@ -486,6 +487,4 @@ def encode_records(records: Sequence[Mapping[str, Any]], schema: ModelSchema) ->
 
 def reference_tensors(reference: Reference) -> tuple[np.ndarray, np.ndarray]:
     """The tensors of a version's reference rows (``reference.json``: a missing number is null there)."""
-    numeric = np.array([[math.nan if v is None else v for v in row] for row in reference.numeric], dtype=np.float32)
-    categorical = np.array(reference.categorical, dtype=np.int64)
-    return numeric, categorical
+    return reference_arrays(reference.model_dump())

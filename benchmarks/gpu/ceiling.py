@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from modelspec.rows import reference_arrays
+
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 64, 256, 1024)
@@ -24,8 +26,7 @@ BATCH_SIZES = (1, 64, 256, 1024)
 
 def _inputs(version_dir: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
     ref = json.loads((version_dir / "reference.json").read_text())
-    numeric = np.array([[np.nan if v is None else v for v in row] for row in ref["numeric"]], dtype=np.float32)
-    categorical = np.array(ref["categorical"], dtype=np.int64)
+    numeric, categorical = reference_arrays(ref)
     idx = np.arange(rows) % len(numeric)
     return np.ascontiguousarray(numeric[idx]), np.ascontiguousarray(categorical[idx])
 

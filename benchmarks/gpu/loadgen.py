@@ -3,12 +3,14 @@
 Every connection keeps exactly one request in flight (closed loop), so "concurrency" is the
 number of connections, spread over worker processes because one Python process tops out at a
 few thousand requests per second. Requests are pre-encoded HTTP/1.1 bytes sent round-robin, and
-responses are parsed just enough to find their end and status, so the client spends its CPU on
-the socket, not on building requests. All workers share one wall-clock measurement window: a
-request counts when it completes inside the window, and its latency is send-to-last-byte.
+responses are parsed just enough to find their end and status (the head by
+:func:`tritonio.http1.parse_head`, the body by its ``Content-Length``, as Triton frames every
+answer), so the client spends its CPU on the socket, not on building requests. All workers
+share one wall-clock measurement window: a request counts when it completes inside the window,
+and its latency is send-to-last-byte.
 
-This module imports only the standard library (and ``uvloop`` when present), so the worker
-processes start fast and run on any host.
+This module imports only the standard library, :mod:`tritonio.http1` (standard library only) and
+``uvloop`` when present, so the worker processes start fast and run on any host.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import cast
+
+from tritonio.errors import BadResponse
+from tritonio.http1 import NO_BODY, TERMINATOR, parse_head
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +78,24 @@ class _HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        if self._head_end < 0:
-            i = self._buf.find(b"\r\n\r\n")
+        while self._head_end < 0:
+            i = self._buf.find(TERMINATOR)
             if i < 0:
                 return
+            try:
+                head = parse_head(bytes(self._buf[: i + 4]))
+            except BadResponse as exc:
+                self._fail(exc)
+                return
+            if head.status < 200 and head.status != 101:  # an interim answer: the final one follows
+                del self._buf[: i + 4]
+                continue
+            if head.content_length is None and head.status not in NO_BODY:
+                self._fail(BadResponse("an answer without Content-Length (this load generator reads no other framing)"))
+                return
             self._head_end = i + 4
-            head = bytes(self._buf[:i]).lower()
-            self._status = int(head[9:12])
-            # "\r\n" first so that Inference-Header-Content-Length does not match.
-            j = head.find(b"\r\ncontent-length:")
-            if j < 0:
-                self._end = self._head_end
-            else:
-                k = head.find(b"\r\n", j + 2)
-                self._end = self._head_end + int(head[j + 17 : k if k > 0 else len(head)])
+            self._status = head.status
+            self._end = self._head_end + (head.content_length or 0)
         if len(self._buf) < self._end:
             return
         body = bytes(self._buf[self._head_end : self._end]) if self._status != 200 else b""
@@ -95,6 +104,14 @@ class _HttpConnection(asyncio.Protocol):
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result((self._status, body))
+
+    def _fail(self, exc: BadResponse) -> None:
+        """An answer this client cannot read: fail the request and drop the connection."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         waiter, self._waiter = self._waiter, None
@@ -133,7 +150,7 @@ async def _closed_loop(job: LoadJob, offset: int, tally: _Tally) -> None:
                 break
             try:
                 status, body = await asyncio.wait_for(conn.send(requests[i % n]), REQUEST_TIMEOUT_S)
-            except (ConnectionError, TimeoutError) as exc:
+            except (ConnectionError, TimeoutError, BadResponse) as exc:
                 # A lost or unanswered request ends this connection's loop, never the whole step.
                 tally.errors += 1
                 tally.first_error = tally.first_error or f"{type(exc).__name__}: {exc}"

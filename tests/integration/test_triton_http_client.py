@@ -1,5 +1,6 @@
-"""TritonHttpClient against the stack's real Triton: the same answers as the gRPC client, readiness,
-unknown models and versions, Triton's own refusals, and the pool under concurrency."""
+"""tritonio's clients against the stack's real Triton: the pooled HTTP client gives the same answers as the
+gRPC and the blocking clients; readiness, unknown models and versions, Triton's own refusals (as tritonio
+classifies them and as the gateway maps them), and the pool under concurrency."""
 
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.errors import ModelNotReady, UpstreamError
 from gateway.settings import GatewaySettings
-from gateway.upstream import TritonClient, TritonHttpClient, make_client
+from gateway.upstream import UpstreamClient, make_client
 from modelspec import Routing
 from registry.tabular import encode
 from tests.integration.conftest import RunningStack
+from tritonio.aio import TritonHttpClient
+from tritonio.blocking import BlockingTritonClient
+from tritonio.errors import Refused
+from tritonio.grpc import TritonGrpcClient
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +67,7 @@ def test_http_and_grpc_clients_answer_the_same(running_stack: RunningStack) -> N
 
     async def body() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         http = _http(running_stack)
-        grpc = TritonClient(running_stack.stack.triton_grpc, timeout_s=30)
+        grpc = TritonGrpcClient(running_stack.stack.triton_grpc, timeout_s=30)
         try:
             by_http = await http.infer(MODEL, version, tensors, outputs, request_id="http-1")
             by_grpc = await grpc.infer(MODEL, version, tensors, outputs, request_id="grpc-1")
@@ -72,11 +77,15 @@ def test_http_and_grpc_clients_answer_the_same(running_stack: RunningStack) -> N
         return by_http, by_grpc
 
     by_http, by_grpc = _run(body)
-    assert set(by_http) == set(outputs) == set(by_grpc)
+    s = running_stack.settings
+    with BlockingTritonClient(f"{s.host}:{s.triton_http_port}", timeout_s=30) as blocking:
+        by_blocking = blocking.infer(MODEL, version, tensors, outputs, request_id="blocking-1")
+    assert set(by_http) == set(outputs) == set(by_grpc) == set(by_blocking)
     for name in outputs:
-        assert by_http[name].dtype == by_grpc[name].dtype == np.float32
-        assert by_http[name].shape == by_grpc[name].shape == (64, 1)
+        assert by_http[name].dtype == by_grpc[name].dtype == by_blocking[name].dtype == np.float32
+        assert by_http[name].shape == by_grpc[name].shape == by_blocking[name].shape == (64, 1)
         np.testing.assert_allclose(by_http[name], by_grpc[name], rtol=1e-6, atol=1e-5)
+        np.testing.assert_array_equal(by_http[name], by_blocking[name])
     with torch.no_grad():
         module = running_stack.trained.module
         expected = module(torch.from_numpy(tensors["numeric"]), torch.from_numpy(tensors["categorical"])).numpy()
@@ -100,32 +109,54 @@ def test_readiness(running_stack: RunningStack) -> None:
             await http.close()
 
     assert _run(body) == [True, True, False, False]
+    s = running_stack.settings
+    with BlockingTritonClient(f"{s.host}:{s.triton_http_port}", timeout_s=30) as blocking:
+        assert [
+            blocking.server_ready(),
+            blocking.model_ready(MODEL, version),
+            blocking.model_ready(MODEL, version + 1000),
+            blocking.model_ready("no_such_model", 1),
+        ] == [True, True, False, False]
+        index = blocking.repository_index()
+    assert {"name": MODEL, "version": str(version), "state": "READY"}.items() <= next(
+        e for e in index if e.get("name") == MODEL and e.get("version") == str(version)
+    ).items()
 
 
 def test_unknown_model_or_version_is_503_and_a_refused_tensor_is_502(running_stack: RunningStack) -> None:
     version = _champion(running_stack)
     tensors, outputs = _tensors(running_stack, rows=2), _outputs(running_stack)
     wrong_shape = {**tensors, "numeric": tensors["numeric"][:, :3]}
+    calls = [
+        ("no_such_model", 1, tensors),
+        (MODEL, version + 1000, tensors),
+        (MODEL, version, wrong_shape),
+        (MODEL, version, tensors),  # errors left the keep-alive connection usable
+    ]
 
-    async def body() -> list[BaseException | dict[str, np.ndarray]]:
+    async def body() -> tuple[list[BaseException | dict[str, np.ndarray]], list[BaseException | dict[str, np.ndarray]]]:
         http = _http(running_stack, max_connections=1)
+        gateway = UpstreamClient(http)  # what the gateway makes of the same answers
         try:
-            results: list[BaseException | dict[str, np.ndarray]] = []
-            for model, ver, inputs in [
-                ("no_such_model", 1, tensors),
-                (MODEL, version + 1000, tensors),
-                (MODEL, version, wrong_shape),
-                (MODEL, version, tensors),  # errors left the keep-alive connection usable
-            ]:
+            raw: list[BaseException | dict[str, np.ndarray]] = []
+            mapped: list[BaseException | dict[str, np.ndarray]] = []
+            for model, ver, inputs in calls:
                 try:
-                    results.append(await http.infer(model, ver, inputs, outputs))
+                    raw.append(await http.infer(model, ver, inputs, outputs))
+                except Refused as exc:
+                    raw.append(exc)
+                try:
+                    mapped.append(await gateway.infer(model, ver, inputs, outputs))
                 except (ModelNotReady, UpstreamError) as exc:
-                    results.append(exc)
-            return results
+                    mapped.append(exc)
+            return raw, mapped
         finally:
             await http.close()
 
-    unknown, unknown_version, refused, ok = _run(body)
+    raw, mapped = _run(body)
+    # Triton's real refusals, as tritonio.errors.classify reads them
+    assert [r.kind if isinstance(r, Refused) else "ok" for r in raw] == ["not_found", "not_found", "failed", "ok"]
+    unknown, unknown_version, refused, ok = mapped
     assert isinstance(unknown, ModelNotReady) and unknown.headers == {"Retry-After": "1"}
     assert isinstance(unknown_version, ModelNotReady) and unknown_version.headers == {"Retry-After": "1"}
     assert isinstance(refused, UpstreamError) and "shape" not in refused.message

@@ -19,16 +19,15 @@ import pytest
 
 from benchmarks.asyncload import (
     Plan,
-    ResponseError,
     RunSpec,
     encode_requests,
     failure_name,
-    read_response,
     user_schedule,
 )
 from benchmarks.loadrun import HttpTarget, Load, LoadResult, run_load
 from benchmarks.payloads import PreparedRequest
 from benchmarks.stats import window_stats
+from tritonio.errors import BadResponse
 
 ANSWER = b'{"predictions": [{"y": 1.0}]}'
 
@@ -278,50 +277,6 @@ def test_a_server_that_is_down_is_a_run_of_failures(tmp_path: Path) -> None:
 # -- pieces ------------------------------------------------------------------------------------------
 
 
-def _read(data: bytes, version_header: bytes = b"x-model-version") -> tuple[tuple[int, bool, bytes | None], bytes]:
-    """Parse one response from ``data``; return it and what is left in the stream."""
-
-    async def go() -> tuple[tuple[int, bool, bytes | None], bytes]:
-        reader = asyncio.StreamReader()
-        reader.feed_data(data)
-        reader.feed_eof()
-        got = await read_response(reader, version_header)
-        return got, await reader.read()
-
-    return asyncio.run(go())
-
-
-def test_read_response_by_length_keep_alive_and_version() -> None:
-    got, rest = _read(b"HTTP/1.1 200 OK\r\nX-Model-Version: 7\r\nContent-Length: 2\r\n\r\nokNEXT")
-    assert got == (200, True, b"7") and rest == b"NEXT"
-    assert _read(b"HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n")[0] == (503, True, None)
-    assert _read(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")[0][1] is False
-    assert _read(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")[0][1] is False
-    assert _read(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n")[0][1] is True
-
-
-def test_read_response_chunked_with_extensions_and_trailers() -> None:
-    data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;a=b\r\nWiki\r\n5\r\npedia\r\n0\r\nT: 1\r\n\r\nNEXT"
-    got, rest = _read(data)
-    assert got == (200, True, None) and rest == b"NEXT"
-    with pytest.raises(asyncio.IncompleteReadError):
-        _read(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWi")
-    with pytest.raises(ResponseError):
-        _read(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
-
-
-def test_read_response_interim_close_delimited_and_garbage() -> None:
-    got, rest = _read(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxNEXT")
-    assert got == (200, True, None) and rest == b"NEXT"
-    got, rest = _read(b"HTTP/1.1 200 OK\r\n\r\nthe body runs to the end")
-    assert got == (200, False, None) and rest == b""
-    assert _read(b"HTTP/1.1 204 No Content\r\n\r\nNEXT") == ((204, True, None), b"NEXT")
-    with pytest.raises(ResponseError):
-        _read(b"SSH-2.0-OpenSSH\r\n\r\n")
-    with pytest.raises(asyncio.IncompleteReadError):
-        _read(b"HTTP/1.1 20")
-
-
 def test_requests_are_encoded_once_with_the_plans_headers(tmp_path: Path) -> None:
     plan = Plan(
         path="/v2/infer",
@@ -362,4 +317,4 @@ def test_failures_are_named_by_kind() -> None:
     assert failure_name(ConnectionResetError(), 30, False) == "connection reset"
     assert failure_name(ConnectionResetError(), 2.5, True) == "timeout (2.5 s)"
     assert failure_name(TimeoutError(), 30, False) == "timeout (30 s)"
-    assert failure_name(ResponseError("bad status line"), 30, False).startswith("invalid HTTP response")
+    assert failure_name(BadResponse("bad status line"), 30, False).startswith("invalid HTTP response")

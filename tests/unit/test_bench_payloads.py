@@ -114,6 +114,23 @@ def test_triton_binary_request_round_trips(schema: ModelSchema) -> None:
     ).encode()
     decoded = decode_triton_binary_response(response_head + out.tobytes(), len(response_head))
     np.testing.assert_array_equal(decoded["y"], out)
+    assert decoded["y"].flags.writeable, "the benchmark gets its own copy"
+    assert header["outputs"] == [{"name": o.name, "parameters": {"binary_data": True}} for o in schema.outputs]
+    assert req.headers["Accept-Encoding"] == "identity" and req.rows == 2
+
+
+def test_triton_answers_as_json_and_other_datatypes(schema: ModelSchema) -> None:
+    req = triton_binary_request(schema, np.zeros((1, 3), np.float32), np.zeros((1, 2), np.int64), binary_output=False)
+    header = json.loads(req.body[: int(req.headers["Inference-Header-Content-Length"])])
+    assert {o["parameters"]["binary_data"] for o in header["outputs"]} == {False}
+    as_json = b'{"outputs": [{"name": "y", "datatype": "FP64", "shape": [2, 1], "data": [1.5, 2.5]}]}'
+    decoded = decode_triton_binary_response(as_json, None)["y"]
+    assert decoded.dtype == np.float32 and decoded.tolist() == [1.5, 2.5]
+    int_head = json.dumps(
+        {"outputs": [{"name": "y", "datatype": "INT64", "shape": [1], "parameters": {"binary_data_size": 8}}]}
+    ).encode()
+    with pytest.raises(PayloadError, match="INT64"):
+        decode_triton_binary_response(int_head + np.int64(3).tobytes(), len(int_head))
 
 
 def test_mlflow_body_names_the_tensors_and_keeps_nan(schema: ModelSchema) -> None:

@@ -1,4 +1,5 @@
-"""Upstream failures map to 503/504/502 with the error shape; load is shed; shutdown drains."""
+"""Upstream failures map to 503/504/502 with the error shape (one mapping, gateway.upstream); load is shed;
+shutdown drains."""
 
 from __future__ import annotations
 
@@ -8,23 +9,35 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from tritonclient.utils import InferenceServerException
 
 from gateway.app import create_app
-from gateway.errors import ModelNotReady, UpstreamError, UpstreamTimeout
+from gateway.errors import GatewayError, ModelNotReady, UpstreamError, UpstreamTimeout
 from gateway.serving import ServedModels
 from gateway.settings import GatewaySettings
 from gateway.testing import MODEL, FakeTriton, demo_schema, factory, write_repository
-from gateway.upstream import _translate
+from gateway.upstream import FAILED, NOT_AVAILABLE, UpstreamClient, gateway_error, make_client
 from modelspec import Routing, ServingOptions
 from servers.processes import free_port
+from tests.unit.fake_triton_http import LOOPS, TENSORS, UNREADABLE, FakeTritonHttp, Request, error, runner
+from tritonio.aio import TritonHttpClient
+from tritonio.errors import (
+    BadResponse,
+    DeadlineExceeded,
+    MissingOutput,
+    Refused,
+    TritonError,
+    Unavailable,
+    from_grpc_status,
+)
+from tritonio.grpc import TritonGrpcClient
 
 RECORD = demo_schema().example_record()
 
@@ -50,11 +63,36 @@ def repo(tmp_path: Path) -> Path:
     ],
 )
 def test_triton_exceptions_become_gateway_errors(status, message, expected) -> None:
-    error = _translate(InferenceServerException(message, status=status), "m", 3)
+    error = gateway_error(from_grpc_status(status, message, 10.0), "m", 3)
     assert type(error) is expected
     assert "onnxruntime" not in error.message, "upstream internals reach the client"
     if expected is ModelNotReady:
         assert error.headers["Retry-After"]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "status", "message"),
+    [
+        (Unavailable("connection refused"), ModelNotReady, 503, NOT_AVAILABLE),
+        (DeadlineExceeded(0.2), UpstreamTimeout, 504, "the model did not answer in time; retry, or send fewer records"),
+        (
+            Refused(404, "Request for unknown model"),
+            ModelNotReady,
+            503,
+            "model m version 3 is not loaded; retry shortly",
+        ),
+        (Refused(503, "Server not ready"), ModelNotReady, 503, NOT_AVAILABLE),
+        (Refused(400, "unexpected shape for input 'x'"), UpstreamError, 502, FAILED),
+        (BadResponse("not json"), UpstreamError, 502, FAILED),
+        (MissingOutput("y"), UpstreamError, 502, "model m v3 returned no output 'y'; check its export"),
+        (TritonError("anything else"), UpstreamError, 502, FAILED),
+    ],
+)
+def test_one_mapping_of_triton_failures(caplog, error, expected, status: int, message: str) -> None:
+    mapped = gateway_error(error, "m", 3)
+    assert (type(mapped), mapped.status_code, mapped.message) == (expected, status, message)
+    assert mapped.headers == ({"Retry-After": "1"} if status == 503 else {})
+    assert [r.levelname for r in caplog.records if r.name == "gateway.upstream"] == ["WARNING"]
 
 
 @pytest.mark.parametrize(
@@ -228,3 +266,133 @@ def test_one_request_of_at_most_max_batch_size_rows_is_not_split(repo: Path) -> 
     with TestClient(create_app(_settings(repo), factory(fake))) as client:
         resp = client.post("/predict", json=[RECORD] * 10, headers={"x-request-id": "fits"})
         assert resp.status_code == 200 and [rows for _m, _v, rows, _rid in fake.calls] == [10]
+
+
+# --- the gateway's client over a Triton that misbehaves (tests/unit/fake_triton_http.py) -----------
+
+
+@pytest.fixture(params=LOOPS)
+def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Callable[[], Awaitable[Any]]], Any]]:
+    """Run an async test body on a fresh event loop of each kind."""
+    yield runner(request.param)
+
+
+def _client(url: str, timeout_s: float = 5, max_connections: int = 64) -> UpstreamClient:
+    return UpstreamClient(TritonHttpClient(url, timeout_s=timeout_s, max_connections=max_connections))
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "expected"),
+    [
+        (400, "Request for unknown model: 'm' is not found", ModelNotReady),
+        (404, "Request for unknown model: 'm' version 1 is not found", ModelNotReady),
+        (400, "Request for unknown model: 'm' has no available versions", ModelNotReady),
+        (503, "Server not ready", ModelNotReady),
+        (400, "[request id: r] unexpected shape for input 'x' for model 'm'", UpstreamError),
+        (500, "onnxruntime: failed to run", UpstreamError),
+        (503, "busy", UpstreamError),
+    ],
+)
+def test_triton_errors_become_gateway_errors(
+    run, caplog, status: int, message: str, expected: type[GatewayError]
+) -> None:
+    async def refuse(_request: Request) -> bytes:
+        return error(status, message)
+
+    async def body() -> None:
+        async with FakeTritonHttp() as server:
+            server.handler = refuse
+            client = _client(server.url)
+            for _ in range(2):
+                with pytest.raises(expected) as caught:
+                    await client.infer("m", 1, TENSORS, ["y"])
+                assert message not in caught.value.message, "Triton's message reached the client"
+                if expected is ModelNotReady:
+                    assert caught.value.headers == {"Retry-After": "1"}
+            assert server.accepted == 1, "an error answer closed a healthy keep-alive connection"
+            await client.close()
+
+    run(body)
+    assert any(message in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert not any("binary_data_size" in r.getMessage() for r in caplog.records), "the payload was logged"
+
+
+@pytest.mark.parametrize("answer", list(UNREADABLE.values()), ids=list(UNREADABLE))
+def test_unreadable_answers_are_upstream_errors(run, answer: bytes) -> None:
+    async def bad(_request: Request) -> bytes:
+        return answer
+
+    async def body() -> None:
+        async with FakeTritonHttp() as server:
+            server.handler = bad
+            client = _client(server.url)
+            with pytest.raises(UpstreamError):
+                await client.infer("m", 1, TENSORS, ["y"])
+            await client.close()
+
+    run(body)
+
+
+def test_unreachable_triton_is_503_and_not_ready(run) -> None:
+    async def body() -> None:
+        client = make_client(GatewaySettings(triton_http_url=f"127.0.0.1:{free_port()}"))
+        with pytest.raises(ModelNotReady) as caught:
+            await client.infer("m", 1, TENSORS, ["y"])
+        assert caught.value.status_code == 503 and caught.value.headers == {"Retry-After": "1"}
+        assert await client.server_ready() is False
+        assert await client.model_ready("m", 1) is False
+        await client.close()
+
+    run(body)
+
+
+def test_a_dropped_answer_is_503_and_a_timeout_504(run) -> None:
+    async def drop(_request: Request) -> None:
+        return None
+
+    async def body() -> None:
+        async with FakeTritonHttp() as server:
+            client = _client(server.url, timeout_s=0.2)
+            server.handler = drop
+            with pytest.raises(ModelNotReady) as fresh:
+                await client.infer("m", 1, TENSORS, ["y"])
+            assert fresh.value.headers == {"Retry-After": "1"}
+            server.handler = server.hang
+            with pytest.raises(UpstreamTimeout) as late:
+                await client.infer("m", 1, TENSORS, ["y"])
+            assert late.value.status_code == 504
+            await client.close()
+            with pytest.raises(ModelNotReady):  # closed: as unreachable
+                await client.infer("m", 1, TENSORS, ["y"])
+
+    run(body)
+
+
+def test_make_client_follows_the_protocol_setting(run) -> None:
+    async def body() -> None:
+        http = make_client(GatewaySettings(triton_http_url="triton:8000", triton_max_connections=7))
+        assert isinstance(http, UpstreamClient) and isinstance(http.client, TritonHttpClient)
+        inner = http.client
+        assert (inner.host, inner.port, inner.max_connections, inner.timeout_s) == ("triton", 8000, 7, 10.0)
+        grpc = make_client(GatewaySettings(triton_protocol="grpc", triton_grpc_url="triton:8001"))
+        assert isinstance(grpc, UpstreamClient) and isinstance(grpc.client, TritonGrpcClient)
+        assert grpc.client.url == "triton:8001"
+        await http.close()
+        await grpc.close()
+
+    run(body)
+
+
+def test_settings_defaults_and_limits(monkeypatch) -> None:
+    settings = GatewaySettings()
+    assert (settings.triton_protocol, settings.triton_http_url, settings.triton_max_connections) == (
+        "http",
+        "127.0.0.1:8000",
+        64,
+    )
+    monkeypatch.setenv("MODELOPS_GATEWAY_TRITON_PROTOCOL", "grpc")
+    monkeypatch.setenv("MODELOPS_GATEWAY_TRITON_MAX_CONNECTIONS", "8")
+    assert (GatewaySettings().triton_protocol, GatewaySettings().triton_max_connections) == ("grpc", 8)
+    for bad in ({"triton_protocol": "h2"}, {"triton_max_connections": 0}, {"triton_max_connections": 5000}):
+        with pytest.raises(ValueError):
+            GatewaySettings(**bad)

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.gpu.protocol import decode_response, encode_request, http_request
 from benchmarks.gpu.report import GpuStep, evaluate_targets, markdown
 from benchmarks.gpu.server import ModelStats, metric_values
+from tritonio.codec import decode_response, encode_request
+from tritonio.http1 import infer_prefix, infer_request
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
@@ -56,18 +57,20 @@ def _step(role: str, rows: int, concurrency: int, rps: float, p99: float = 5.0, 
 
 
 def test_binary_request_round_trips_through_the_wire_format():
+    # The check's load requests are tritonio's: codec for the body, http1 for the request bytes.
     numeric = np.array([[1.5, np.nan], [3.0, 4.0]], dtype=np.float32)
     categorical = np.array([[2], [0]], dtype=np.int64)
     request = encode_request({"numeric": numeric, "categorical": categorical}, ["y"])
-    header = json.loads(request.body[: request.header_length])
+    body = request.body()
+    header = json.loads(body[: request.header_length])
     assert header["inputs"][0] == {
         "name": "numeric",
         "shape": [2, 2],
         "datatype": "FP32",
         "parameters": {"binary_data_size": 16},
     }
-    assert request.body[request.header_length :] == numeric.tobytes() + categorical.tobytes()
-    raw = http_request("h:1", "/v2/models/m/versions/3/infer", request)
+    assert body[request.header_length :] == numeric.tobytes() + categorical.tobytes()
+    raw = infer_request(infer_prefix("h:1", "m", 3), request)
     assert raw.startswith(b"POST /v2/models/m/versions/3/infer HTTP/1.1\r\n")
     assert f"Inference-Header-Content-Length: {request.header_length}\r\n".encode() in raw
 
@@ -78,6 +81,26 @@ def test_binary_request_round_trips_through_the_wire_format():
     ).encode()
     decoded = decode_response(head + out.tobytes(), len(head))
     np.testing.assert_array_equal(decoded["y"], out)
+
+
+def test_the_check_sends_its_load_requests_as_prepared(tmp_path):
+    from benchmarks.gpu_check import payloads
+
+    version_dir = tmp_path / "3"
+    version_dir.mkdir()
+    (version_dir / "schema.json").write_text(json.dumps({"numeric_tensor": "numeric", "categorical_tensor": "cat"}))
+    reference = {"numeric": [[1.0, None], [2.0, 3.0]], "categorical": [[0], [1]], "outputs": {"y": [1.0, 2.0]}}
+    (version_dir / "reference.json").write_text(json.dumps({**reference, "tolerance": 1e-4}))
+    requests = payloads(version_dir, "m", 3, rows=4, host="h:1", count=3)
+    assert len(requests) == 3
+    for raw in requests:
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"POST /v2/models/m/versions/3/infer HTTP/1.1\r\nHost: h:1\r\n")
+        length = int(head.split(b"Inference-Header-Content-Length: ")[1].split(b"\r\n")[0])
+        assert int(head.split(b"Content-Length: ")[-1]) == len(body)
+        header = json.loads(body[:length])
+        assert [(i["name"], i["shape"]) for i in header["inputs"]] == [("numeric", [4, 2]), ("cat", [4, 1])]
+        assert header["outputs"] == [{"name": "y", "parameters": {"binary_data": True}}]
 
 
 def test_targets_are_judged_on_the_steps_that_measure_them():

@@ -1,228 +1,43 @@
-"""TritonHttpClient against a small HTTP/1.1 server written here: binary tensors, the pool, failures.
+"""tritonio.aio.TritonHttpClient against a small HTTP/1.1 server written for it: binary tensors, the pool, failures.
 
-The server speaks just enough of Triton's HTTP/REST protocol with the binary tensor data
-extension: it doubles the input ``x`` into the output ``y`` and answers the row numbers as
-``idx``. Each connection has a reader that queues requests as they arrive and a responder that
-answers them in order, so a client that pipelined would be seen (``max_per_connection``). Every
-test runs on the standard event loop and on uvloop (the gateway's).
+The server (tests/unit/fake_triton_http.py) answers like Triton; failures are the neutral
+:mod:`tritonio.errors` here (what the gateway makes of them: tests/unit/test_gateway_upstream.py).
+Every test runs on the standard event loop and on uvloop (the gateway's).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
-import uvloop
 
-from gateway.errors import GatewayError, ModelNotReady, UpstreamError, UpstreamTimeout
-from gateway.settings import GatewaySettings
-from gateway.upstream import TritonClient, TritonHttpClient, make_client
 from servers.processes import free_port
-
-DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
-TENSORS = {
-    "x": np.arange(12, dtype=np.float32).reshape(4, 3) / 7,
-    "c": np.array([[1], [2], [3], [2**40]], dtype=np.int64),
-}
-
-
-@dataclass
-class Request:
-    """One request as the fake server read it."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    connection: int
-
-
-def response(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
-    """An HTTP/1.1 response with Content-Length (as Triton frames every answer)."""
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}.get(status, "X")
-    lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+from tests.unit.fake_triton_http import (
+    LOOPS,
+    TENSORS,
+    UNREADABLE,
+    FakeTritonHttp,
+    Request,
+    check_outputs,
+    decode_request,
+    error,
+    eventually,
+    infer_answer,
+    response,
+    runner,
+)
+from tritonio.aio import TritonHttpClient
+from tritonio.errors import BadResponse, DeadlineExceeded, MissingOutput, Refused, Unavailable
 
 
-def error(status: int, message: str) -> bytes:
-    """Triton's error answer: ``{"error": "..."}``."""
-    return response(status, json.dumps({"error": message}).encode(), {"Content-Type": "application/json"})
-
-
-def decode_request(request: Request) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The JSON header and the input arrays of a binary infer request."""
-    json_length = int(request.headers["inference-header-content-length"])
-    header = json.loads(request.body[:json_length])
-    offset, arrays = json_length, {}
-    for spec in header["inputs"]:
-        size = spec["parameters"]["binary_data_size"]
-        data = request.body[offset : offset + size]
-        arrays[spec["name"]] = np.frombuffer(data, DTYPES[spec["datatype"]]).reshape(spec["shape"])
-        offset += size
-    assert offset == len(request.body), "bytes after the last input"
-    return header, arrays
-
-
-def infer_answer(request: Request, *, binary: bool = True) -> bytes:
-    """The fake model: ``y = 2 * x`` and ``idx`` = row numbers; binary outputs where asked."""
-    header, arrays = decode_request(request)
-    values = {"y": arrays["x"] * 2, "idx": np.arange(arrays["x"].shape[0], dtype=np.int64).reshape(-1, 1)}
-    datatypes = {"y": "FP32", "idx": "INT64"}
-    outputs, blobs = [], []
-    for spec in header["outputs"]:
-        name = spec["name"]
-        out: dict[str, Any] = {"name": name, "datatype": datatypes[name], "shape": list(values[name].shape)}
-        if binary and spec.get("parameters", {}).get("binary_data"):
-            blob = values[name].astype(values[name].dtype.newbyteorder("<")).tobytes()
-            out["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            out["data"] = values[name].ravel().tolist()
-        outputs.append(out)
-    doc = json.dumps({"id": header.get("id", ""), "model_name": "m", "model_version": "1", "outputs": outputs})
-    if not blobs:
-        return response(200, doc.encode(), {"Content-Type": "application/json"})
-    head = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(doc))}
-    return response(200, doc.encode() + b"".join(blobs), head)
-
-
-Handler = Callable[[Request], Awaitable[bytes | None]]
-
-
-class FakeTritonHttp:
-    """An HTTP/1.1 server answering like Triton; ``handler`` returns the response bytes or None (drop)."""
-
-    def __init__(self) -> None:
-        self.handler: Handler = self.answer
-        self.delay_s = 0.0
-        self.requests: list[Request] = []
-        self.accepted = 0
-        self.client_closed = 0  # connections on which the client sent EOF (or reset)
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.max_per_connection = 0
-        self.release = asyncio.Event()
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def answer(self, request: Request) -> bytes | None:
-        """Readiness 200, infer as the fake model."""
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        if request.method == "GET":
-            return response(200, headers={"Content-Type": "text/plain"})
-        return infer_answer(request)
-
-    async def hang(self, request: Request) -> bytes | None:
-        """Never answer (until ``release`` is set)."""
-        await self.release.wait()
-        return await self.answer(request)
-
-    async def __aenter__(self) -> FakeTritonHttp:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.append(writer)
-        connection = self.accepted
-        self.accepted += 1
-        queue: asyncio.Queue[Request | None] = asyncio.Queue()
-        unanswered = [0]
-
-        async def read_requests() -> None:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    self.client_closed += 1
-                    queue.put_nowait(None)
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _version = lines[0].split(" ")
-                headers = {}
-                for line in lines[1:]:
-                    if line:
-                        name, _, value = line.partition(":")
-                        headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                unanswered[0] += 1
-                self.max_per_connection = max(self.max_per_connection, unanswered[0])
-                queue.put_nowait(Request(method, path, headers, body, connection))
-
-        reading = asyncio.create_task(read_requests())
-        self._tasks.add(reading)
-        try:
-            while (request := await queue.get()) is not None:
-                self.requests.append(request)
-                self.in_flight += 1
-                self.max_in_flight = max(self.max_in_flight, self.in_flight)
-                try:
-                    answer = await self.handler(request)
-                finally:
-                    self.in_flight -= 1
-                if answer is None:
-                    break
-                unanswered[0] -= 1
-                writer.write(answer)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            reading.cancel()  # first, so that closing here is not counted as the client closing
-            await asyncio.gather(reading, return_exceptions=True)
-            writer.close()
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOPS)
 def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Callable[[], Awaitable[Any]]], Any]]:
     """Run an async test body on a fresh event loop of each kind."""
-    factory = uvloop.new_event_loop if request.param == "uvloop" else None
-
-    def _run(body: Callable[[], Awaitable[Any]]) -> Any:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(asyncio.wait_for(body(), 20))
-
-    yield _run
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    """Wait until ``condition()`` holds; fail after ``timeout_s``."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.005)
-
-
-def check_outputs(result: dict[str, np.ndarray]) -> None:
-    """The fake model's answer to TENSORS."""
-    assert set(result) == {"y", "idx"}
-    assert result["y"].dtype == np.float32 and result["y"].shape == (4, 3)
-    np.testing.assert_array_equal(result["y"], TENSORS["x"] * 2)
-    assert result["idx"].dtype == np.int64
-    np.testing.assert_array_equal(result["idx"], [[0], [1], [2], [3]])
+    yield runner(request.param)
 
 
 # --- the protocol --------------------------------------------------------------------------------
@@ -310,22 +125,8 @@ def test_chunked_response_is_read(run) -> None:
     run(body)
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [
-        response(200, b"not json", {"Inference-Header-Content-Length": "8"}),
-        response(
-            200,
-            b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [4, 3], '
-            b'"parameters": {"binary_data_size": 48}}]}',
-        ),
-        response(200, b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [9, 9], "data": [1.0]}]}'),
-        response(200, b'{"outputs": [{"name": "idx", "datatype": "INT64", "shape": [1], "data": [1]}]}'),
-        b"SSH-2.0-OpenSSH\r\n\r\n",
-    ],
-    ids=["bad-json", "binary-without-length", "bad-shape", "missing-output", "not-http"],
-)
-def test_unreadable_answers_are_upstream_errors(run, answer: bytes) -> None:
+@pytest.mark.parametrize("answer", list(UNREADABLE.values()), ids=list(UNREADABLE))
+def test_unreadable_answers_are_bad_responses(run, answer: bytes) -> None:
     async def bad(_request: Request) -> bytes:
         return answer
 
@@ -333,8 +134,10 @@ def test_unreadable_answers_are_upstream_errors(run, answer: bytes) -> None:
         async with FakeTritonHttp() as server:
             server.handler = bad
             client = TritonHttpClient(server.url, timeout_s=5)
-            with pytest.raises(UpstreamError):
+            with pytest.raises(BadResponse) as caught:
                 await client.infer("m", 1, TENSORS, ["y"])
+            if answer == UNREADABLE["missing-output"]:
+                assert isinstance(caught.value, MissingOutput) and caught.value.name == "y"
             await client.close()
 
     run(body)
@@ -460,14 +263,13 @@ def test_only_one_retry_and_never_on_a_fresh_connection(run) -> None:
         async with FakeTritonHttp() as server:
             client = TritonHttpClient(server.url, timeout_s=5)
             server.handler = drop
-            with pytest.raises(ModelNotReady) as fresh:
+            with pytest.raises(Unavailable):
                 await client.infer("m", 1, TENSORS, ["y"])
-            assert fresh.value.headers == {"Retry-After": "1"}
             assert len(server.requests) == 1, "a request on a fresh connection was retried"
             server.handler = server.answer
             await client.infer("m", 1, TENSORS, ["y"])
             server.handler = drop
-            with pytest.raises(ModelNotReady):
+            with pytest.raises(Unavailable):
                 await client.infer("m", 1, TENSORS, ["y"])
             assert len(server.requests) == 4 and server.accepted == 3  # the reused one, then one retry
             assert client.open_connections == 0
@@ -477,7 +279,7 @@ def test_only_one_retry_and_never_on_a_fresh_connection(run) -> None:
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_used(run, caplog) -> None:
-    caplog.set_level(logging.DEBUG, logger="gateway.upstream")
+    caplog.set_level(logging.DEBUG, logger="tritonio.aio")
 
     async def body() -> None:
         async with FakeTritonHttp() as server:
@@ -514,14 +316,15 @@ def test_connection_close_is_honoured(run) -> None:
 # --- failures ------------------------------------------------------------------------------------
 
 
-def test_timeout_is_504_and_that_connection_is_closed(run) -> None:
+def test_timeout_is_deadline_exceeded_and_that_connection_is_closed(run) -> None:
     async def body() -> None:
         async with FakeTritonHttp() as server:
             client = TritonHttpClient(server.url, timeout_s=0.2)
             await client.infer("m", 1, TENSORS, ["y"])
             server.handler = server.hang
-            with pytest.raises(UpstreamTimeout):
+            with pytest.raises(DeadlineExceeded) as caught:
                 await client.infer("m", 1, TENSORS, ["y"])
+            assert caught.value.timeout_s == 0.2
             await eventually(lambda: server.client_closed == 1)
             assert client.open_connections == 0
             server.handler = server.answer
@@ -541,7 +344,7 @@ def test_waiting_for_a_busy_pool_counts_against_the_timeout(run) -> None:
             results = await asyncio.gather(
                 *(client.infer("m", 1, TENSORS, ["y"]) for _ in range(2)), return_exceptions=True
             )
-            assert [type(r) for r in results] == [UpstreamTimeout, UpstreamTimeout]
+            assert [type(r) for r in results] == [DeadlineExceeded, DeadlineExceeded]
             # waiting did not start a second deadline: both end at ~0.2 s, not 0.2 + 0.2
             assert asyncio.get_running_loop().time() - started < 0.35
             assert client.open_connections == 0
@@ -550,21 +353,20 @@ def test_waiting_for_a_busy_pool_counts_against_the_timeout(run) -> None:
     run(body)
 
 
-@pytest.mark.parametrize(
-    ("status", "message", "expected"),
-    [
-        (400, "Request for unknown model: 'm' is not found", ModelNotReady),
-        (404, "Request for unknown model: 'm' version 1 is not found", ModelNotReady),
-        (400, "Request for unknown model: 'm' has no available versions", ModelNotReady),
-        (503, "Server not ready", ModelNotReady),
-        (400, "[request id: r] unexpected shape for input 'x' for model 'm'", UpstreamError),
-        (500, "onnxruntime: failed to run", UpstreamError),
-        (503, "busy", UpstreamError),
-    ],
-)
-def test_triton_errors_become_gateway_errors(
-    run, caplog, status: int, message: str, expected: type[GatewayError]
-) -> None:
+REFUSALS = [
+    (400, "Request for unknown model: 'm' is not found", "not_found"),
+    (404, "Request for unknown model: 'm' version 1 is not found", "not_found"),
+    (400, "Request for unknown model: 'm' has no available versions", "not_found"),
+    (503, "Server not ready", "unavailable"),
+    (400, "[request id: r] unexpected shape for input 'x' for model 'm'", "failed"),
+    (500, "onnxruntime: failed to run", "failed"),
+    (503, "busy", "failed"),
+]
+"""Triton's refusals and what they mean (the gateway's statuses for them: test_gateway_upstream.py)."""
+
+
+@pytest.mark.parametrize(("status", "message", "kind"), REFUSALS)
+def test_triton_refusals_carry_status_message_and_meaning(run, status: int, message: str, kind: str) -> None:
     async def refuse(_request: Request) -> bytes:
         return error(status, message)
 
@@ -573,25 +375,20 @@ def test_triton_errors_become_gateway_errors(
             server.handler = refuse
             client = TritonHttpClient(server.url, timeout_s=5)
             for _ in range(2):
-                with pytest.raises(expected) as caught:
+                with pytest.raises(Refused) as caught:
                     await client.infer("m", 1, TENSORS, ["y"])
-                assert message not in caught.value.message, "Triton's message reached the client"
-                if expected is ModelNotReady:
-                    assert caught.value.headers == {"Retry-After": "1"}
+                assert (caught.value.status, caught.value.message, caught.value.kind) == (status, message, kind)
             assert server.accepted == 1, "an error answer closed a healthy keep-alive connection"
             await client.close()
 
     run(body)
-    assert any(message in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
-    assert not any("binary_data_size" in r.getMessage() for r in caplog.records), "the payload was logged"
 
 
-def test_unreachable_triton_is_503_and_not_ready(run) -> None:
+def test_unreachable_triton_is_unavailable_and_not_ready(run) -> None:
     async def body() -> None:
         client = TritonHttpClient(f"127.0.0.1:{free_port()}", timeout_s=5)
-        with pytest.raises(ModelNotReady) as caught:
+        with pytest.raises(Unavailable):
             await client.infer("m", 1, TENSORS, ["y"])
-        assert caught.value.status_code == 503 and caught.value.headers == {"Retry-After": "1"}
         assert await client.server_ready() is False
         assert await client.model_ready("m", 1) is False
         assert client.open_connections == 0
@@ -660,7 +457,7 @@ def test_close_closes_idle_and_returning_connections(run) -> None:
             check_outputs(await in_flight)  # the call in flight still gets its answer
             await eventually(lambda: server.client_closed == 2)  # then its connection closes
             assert client.open_connections == 0
-            with pytest.raises(ModelNotReady):
+            with pytest.raises(Unavailable):
                 await client.infer("m", 1, TENSORS, ["y"])
             assert await client.server_ready() is False
             assert server.accepted == 2
@@ -684,31 +481,3 @@ def test_urls(url: str, host: str, port: int) -> None:
 def test_bad_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match="Triton HTTP URL"):
         TritonHttpClient(url, timeout_s=1)
-
-
-def test_make_client_follows_the_protocol_setting(run) -> None:
-    async def body() -> None:
-        http = make_client(GatewaySettings(triton_http_url="triton:8000", triton_max_connections=7))
-        assert isinstance(http, TritonHttpClient)
-        assert (http.host, http.port, http.max_connections, http.timeout_s) == ("triton", 8000, 7, 10.0)
-        grpc = make_client(GatewaySettings(triton_protocol="grpc", triton_grpc_url="triton:8001"))
-        assert isinstance(grpc, TritonClient) and grpc.url == "triton:8001"
-        await http.close()
-        await grpc.close()
-
-    run(body)
-
-
-def test_settings_defaults_and_limits(monkeypatch) -> None:
-    settings = GatewaySettings()
-    assert (settings.triton_protocol, settings.triton_http_url, settings.triton_max_connections) == (
-        "http",
-        "127.0.0.1:8000",
-        64,
-    )
-    monkeypatch.setenv("MODELOPS_GATEWAY_TRITON_PROTOCOL", "grpc")
-    monkeypatch.setenv("MODELOPS_GATEWAY_TRITON_MAX_CONNECTIONS", "8")
-    assert (GatewaySettings().triton_protocol, GatewaySettings().triton_max_connections) == ("grpc", 8)
-    for bad in ({"triton_protocol": "h2"}, {"triton_max_connections": 0}, {"triton_max_connections": 5000}):
-        with pytest.raises(ValueError):
-            GatewaySettings(**bad)
