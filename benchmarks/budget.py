@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmarks.stats import WindowStats
+
+_Document = TypeVar("_Document", bound=BaseModel)
 
 BUDGETS_DIR = Path(__file__).resolve().parent / "budgets"
 """Where the budgets file of each model lives (``<model>.yaml``)."""
@@ -81,17 +83,29 @@ def load_budgets(path: Path) -> Budgets:
     Raises:
         BudgetError: the file is missing, not YAML, or breaks the schema (the field is named).
     """
+    return read_yaml_document(path, Budgets, BudgetError, "budgets", "benchmarks/budgets/solar_ghi.yaml")
+
+
+def read_yaml_document(
+    path: Path, model: type[_Document], error: type[Exception], what: str, example: str
+) -> _Document:
+    """Read the YAML file ``path`` as the pydantic ``model`` (the budgets, the comparison's targets).
+
+    Raises:
+        error: the file is missing (``what`` names the kind of file, ``example`` one to copy), not
+            YAML, or breaks the schema; the message names the file and every offending field.
+    """
     if not path.is_file():
-        raise BudgetError(f"no budgets file at {path}; write one like benchmarks/budgets/solar_ghi.yaml")
+        raise error(f"no {what} file at {path}; write one like {example}")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise BudgetError(f"{path} is not valid YAML: {exc}") from exc
+        raise error(f"{path} is not valid YAML: {exc}") from exc
     try:
-        return Budgets.model_validate(doc)
+        return model.model_validate(doc)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise BudgetError(f"{path}: {problems}") from exc
+        raise error(f"{path}: {problems}") from exc
 
 
 def default_budgets_path(model: str) -> Path:

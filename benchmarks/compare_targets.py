@@ -20,9 +20,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from benchmarks.budget import read_yaml_document
 from benchmarks.compare_results import (
     TARGETS_FILE,
     CompareOptions,
@@ -243,17 +243,7 @@ def load_targets(path: Path = TARGETS_FILE) -> TargetsFile:
     Raises:
         TargetsError: the file is missing, not YAML, or breaks the schema (the field is named).
     """
-    if not path.is_file():
-        raise TargetsError(f"no targets file at {path}; write one like benchmarks/targets/compare.yaml")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TargetsError(f"{path} is not valid YAML: {exc}") from exc
-    try:
-        return TargetsFile.model_validate(doc)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise TargetsError(f"{path}: {problems}") from exc
+    return read_yaml_document(path, TargetsFile, TargetsError, "targets", "benchmarks/targets/compare.yaml")
 
 
 def judge_targets(outcome: CompareOutcome, targets: TargetsFile | None = None) -> list[TargetVerdict]:

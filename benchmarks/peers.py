@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import httpx
-
 from modelspec import ModelSchema, Routing
 from modelspec.layout import CONFIG_FILE, SCHEMA_FILE
 from servers.processes import Service, ServiceFailed, free_port
+from tritonio.blocking import BlockingTritonClient
+from tritonio.errors import Refused, TritonError
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,15 @@ class TemporaryTriton:
         try:
             self.service.start()
             self.service.wait_healthy(120)
-            resp = httpx.post(f"{self.http_url}/v2/repository/models/{self.model}/load", timeout=180)
-            if resp.status_code != 200:
-                raise ServerFailed(f"the benchmark Triton could not load {self.model}: {resp.text[:300]}")
-            _wait_ok(f"{self.http_url}/v2/models/{self.model}/versions/{self.version}/ready", 60)
-        except (ServiceFailed, ServerFailed, httpx.HTTPError) as exc:
+            with BlockingTritonClient(f"127.0.0.1:{self.http_port}", timeout_s=180) as client:
+                try:
+                    client.load_model(self.model)
+                except Refused as exc:
+                    raise ServerFailed(
+                        f"the benchmark Triton could not load {self.model}: {exc.message[:300]}"
+                    ) from exc
+                _wait_ready(client, self.model, self.version, 60)
+        except (ServiceFailed, ServerFailed, TritonError) as exc:
             self.service.stop(grace=5)
             raise ServerFailed(f"{exc} (log: {self.workdir / 'triton.log'})") from exc
         log.info("benchmark Triton serves %s v%d at %s", self.model, self.version, self.http_url)
@@ -221,13 +225,10 @@ class MlflowModelServer:
             self.service.stop(grace=5)
 
 
-def _wait_ok(url: str, timeout_s: float) -> None:
+def _wait_ready(client: BlockingTritonClient, model: str, version: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if client.model_ready(model, version):
+            return
         time.sleep(0.25)
-    raise ServerFailed(f"{url} did not answer 200 within {timeout_s:.0f} s")
+    raise ServerFailed(f"{model} v{version} was not ready within {timeout_s:.0f} s")

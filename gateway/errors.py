@@ -52,7 +52,7 @@ class GatewayError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
-        self.headers = headers or {}
+        self.headers = dict(headers) if headers else {}  # its own: handlers add x-request-id to it
 
     def body(self) -> dict[str, Any]:
         """The JSON error document."""

@@ -1,6 +1,6 @@
 """A small blocking Triton client on the standard library's ``http.client``: control traffic and checks.
 
-Readiness, model loading, the repository index and inference with binary tensors
+Readiness, model loading, the repository index, server metadata, statistics and inference with binary tensors
 (:mod:`tritonio.codec`) over one keep-alive connection. For the sync controller
 (:mod:`deployer.triton_control`), the GPU check and tests: rare calls, where the request path
 uses :mod:`tritonio.aio`. Failures are :mod:`tritonio.errors`. A client holds one connection,
@@ -100,6 +100,22 @@ class BlockingTritonClient:
             raise BadResponse("the repository index is not a list of models")
         return index
 
+    def server_metadata(self) -> dict[str, Any]:
+        """``GET /v2``: the server's name, version and extensions.
+
+        Raises:
+            Refused, Unavailable, DeadlineExceeded, BadResponse: as every call.
+        """
+        return self._get_object("/v2")
+
+    def model_statistics(self, model: str, version: int) -> dict[str, Any]:
+        """``GET /v2/models/<model>/versions/<version>/stats``: Triton's counters of one version.
+
+        Raises:
+            Refused, Unavailable, DeadlineExceeded, BadResponse: as every call.
+        """
+        return self._get_object(model_path(model, version, "stats"))
+
     def infer(
         self,
         model: str,
@@ -124,6 +140,18 @@ class BlockingTritonClient:
         return decode_response(body, length, list(outputs) if outputs else None)
 
     # -- internals -------------------------------------------------------------------------------
+    def _get_object(self, path: str) -> dict[str, Any]:
+        status, _length, body = self._call("GET", path)
+        if status != 200:
+            raise Refused(status, error_message(body))
+        try:
+            document = loads(body)
+        except ValueError as exc:
+            raise BadResponse(f"unreadable answer to GET {path}: {exc}") from exc
+        if not isinstance(document, dict):
+            raise BadResponse(f"the answer to GET {path} is not a JSON object")
+        return document
+
     def _ok(self, path: str) -> bool:
         try:
             status, _length, _body = self._call("GET", path)

@@ -7,7 +7,6 @@ embedded stack runs it, with a few server flags a load test needs on top (metric
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -18,6 +17,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tritonio.blocking import BlockingTritonClient
+from tritonio.errors import Refused
 
 log = logging.getLogger(__name__)
 
@@ -142,27 +144,27 @@ class TritonServer:
             self._service.stop()
             self._service = None
 
-    def _get(self, path: str, timeout_s: float = 10.0) -> Any:
-        with urllib.request.urlopen(self.base_url + path, timeout=timeout_s) as resp:
-            return json.loads(resp.read())
+    def client(self, timeout_s: float = 10.0) -> BlockingTritonClient:
+        """A blocking client of this server's HTTP endpoint (one per thread)."""
+        return BlockingTritonClient(f"{self.host}:{self.http_port}", timeout_s=timeout_s)
 
     def load(self, model: str, timeout_s: float = 300.0) -> None:
         """Load ``model`` (explicit model control); raise ModelLoadFailed with Triton's reason."""
-        req = urllib.request.Request(f"{self.base_url}/v2/repository/models/{model}/load", data=b"", method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s):
-                pass
-        except urllib.error.HTTPError as exc:
-            reason = exc.read().decode(errors="replace")
-            raise ModelLoadFailed(f"Triton did not load {model}: {reason}; see {self.log_path}") from exc
+        with self.client(timeout_s) as client:
+            try:
+                client.load_model(model)
+            except Refused as exc:
+                raise ModelLoadFailed(f"Triton did not load {model}: {exc.message}; see {self.log_path}") from exc
 
     def server_version(self) -> str:
         """Triton's version string (``2.51.0``)."""
-        return str(self._get("/v2").get("version", "unknown"))
+        with self.client() as client:
+            return str(client.server_metadata().get("version", "unknown"))
 
     def stats(self, model: str, version: int) -> ModelStats:
         """The statistics API's counters for one version."""
-        doc = self._get(f"/v2/models/{model}/versions/{version}/stats")
+        with self.client() as client:
+            doc = client.model_statistics(model, version)
         s = doc["model_stats"][0]
         inf = s["inference_stats"]
         return ModelStats(

@@ -23,7 +23,7 @@ from gateway.errors import GatewayError, ModelNotReady, UpstreamError, UpstreamT
 from gateway.serving import ServedModels
 from gateway.settings import GatewaySettings
 from gateway.testing import MODEL, FakeTriton, demo_schema, factory, write_repository
-from gateway.upstream import FAILED, NOT_AVAILABLE, UpstreamClient, gateway_error, make_client
+from gateway.upstream import FAILED, NOT_AVAILABLE, RETRY_AFTER, UpstreamClient, gateway_error, make_client
 from modelspec import Routing, ServingOptions
 from servers.processes import free_port
 from tests.unit.fake_triton_http import LOOPS, TENSORS, UNREADABLE, FakeTritonHttp, Request, error, runner
@@ -115,6 +115,35 @@ def test_upstream_failures_have_the_error_shape(repo: Path, error: Exception, st
             assert resp.headers["retry-after"] == "1"
         metrics = client.get("/metrics").text
         assert f'code="{code}",model="{MODEL}",route="/predict",status="{status}",version="1"' in metrics
+
+
+class _RefusingClient:
+    """Fails every call the way the real client does: through :func:`gateway_error` (shared headers)."""
+
+    async def close(self) -> None:
+        return None
+
+    async def server_ready(self) -> bool:
+        return True
+
+    async def model_ready(self, model: str, version: int) -> bool:
+        return True
+
+    async def infer(self, model: str, version: int, tensors, outputs, request_id: str = "") -> dict:
+        raise gateway_error(Unavailable("connection refused"), model, version)
+
+
+def test_each_error_answer_carries_its_own_request_id(repo: Path) -> None:
+    # Errors built from one module-level headers dict once shared it: the first request's id
+    # stuck to every later 503 of the process.
+    with TestClient(create_app(_settings(repo), lambda _s: _RefusingClient())) as client:
+        for rid in ("first-request", "second-request"):
+            resp = client.post("/predict", json=RECORD, headers={"x-request-id": rid})
+            assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
+            assert resp.headers["x-request-id"] == rid
+    a = ModelNotReady("x", headers=RETRY_AFTER)
+    a.headers["x-request-id"] = "r"
+    assert RETRY_AFTER == {"Retry-After": "1"} and ModelNotReady("y", headers=RETRY_AFTER).headers == RETRY_AFTER
 
 
 def test_triton_not_ready_makes_readiness_false(repo: Path) -> None:
