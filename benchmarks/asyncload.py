@@ -32,6 +32,12 @@ Standard library only (:mod:`tritonio.http1` is), plus uvloop when it is install
 
     MODELOPS_BENCH_PLAN=plan.json python -m benchmarks.asyncload --host http://127.0.0.1:8000 \\
         --users 16 --duration 10 --processes 2
+
+Why one module of ~600 lines: it is the program of its own process (plan file in, sample files
+out) and its parts -- plan, virtual user, step schedule, worker processes, recorder -- only make
+sense together; split up, each file would import the others and the process's start would read
+more files, for no reader who needs one part without the rest. The HTTP framing it shares with
+every other client is :mod:`tritonio.http1`.
 """
 
 from __future__ import annotations
