@@ -33,7 +33,7 @@ Where a request goes: the transport (:mod:`gateway.app`) takes it, the data plan
   both of these use to stay off the request path.
 - :mod:`gateway.settings`: ``MODELOPS_GATEWAY_*`` settings, each with its description.
 - :mod:`gateway.docs`: ``python -m gateway.docs`` writes ``docs/contract.md`` from a schema.
-- :mod:`gateway.main`: the uvicorn factory (``uvicorn --factory gateway.main:create_app``).
+- :mod:`gateway.main`: the uvicorn factory (``uvicorn --factory gateway.main:app_from_environment``).
 - :mod:`gateway.testing`: a synthetic repository and a fake inference client for unit tests.
 
 The gateway never imports torch, mlflow, the registry or the deployer.

@@ -82,7 +82,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run(
-        "gateway.main:create_app",
+        "gateway.main:app_from_environment",
         factory=True,
         host=args.host,
         port=args.port,

@@ -2,8 +2,8 @@
 
 The registry writes these documents next to each served version in the model repository
 (``model_repository/<model>/<N>/``); the deployer copies them into place; the gateway reads them
-to build its contract. None of those imports another: this package is what they share, and it
-depends on pydantic and numpy alone.
+to build its contract. The gateway imports neither of the others: this package is what they
+share, and it depends on pydantic and numpy alone.
 
 - :mod:`modelspec.schema`: the feature schema (names, types, ranges, categories, nullability)
   and the tensor layout the served model expects.
