@@ -208,12 +208,9 @@ def breaking_changes(live: ModelSchema, candidate: ModelSchema) -> list[str]:
         if old.nullable and not new.nullable:
             problems.append(f"input field {old.name!r} is no longer nullable")
         if isinstance(old, NumericFeature) and isinstance(new, NumericFeature):
-            if new.range_policy == "reject" and (new.minimum > old.minimum or new.maximum < old.maximum):
-                problems.append(f"input field {old.name!r} rejects values the live version accepts")
+            problems += _numeric_narrowing(old, new)
         elif isinstance(old, CategoricalFeature) and isinstance(new, CategoricalFeature):
-            missing = [c for c in old.categories if c not in new.categories]
-            if missing:
-                problems.append(f"input field {old.name!r} lost categories {missing}")
+            problems += _categorical_narrowing(old, new)
     live_names = {f.name for f in live.features}
     for name, f in cand.items():
         if name not in live_names and not f.nullable:
@@ -222,4 +219,32 @@ def breaking_changes(live: ModelSchema, candidate: ModelSchema) -> list[str]:
     for out in live.outputs:
         if out.name not in cand_outputs:
             problems.append(f"output {out.name!r} was removed")
+    return problems
+
+
+def _numeric_narrowing(old: NumericFeature, new: NumericFeature) -> list[str]:
+    """How ``new`` refuses numbers ``old`` accepted: a ``flag`` policy accepts every number, ``reject`` its range."""
+    if new.range_policy != "reject":
+        return []
+    if old.range_policy == "flag":
+        return [
+            f"input field {old.name!r} rejects values the live version accepts: its range policy changed from "
+            f"flag to reject (values outside [{new.minimum:g}, {new.maximum:g}] now get 422)"
+        ]
+    if new.minimum > old.minimum or new.maximum < old.maximum:
+        return [f"input field {old.name!r} rejects values the live version accepts: its range is narrower"]
+    return []
+
+
+def _categorical_narrowing(old: CategoricalFeature, new: CategoricalFeature) -> list[str]:
+    """How ``new`` refuses strings ``old`` accepted: a ``fallback`` policy accepts every string."""
+    problems: list[str] = []
+    missing = [c for c in old.categories if c not in new.categories]
+    if missing:
+        problems.append(f"input field {old.name!r} lost categories {missing}")
+    if old.unknown_policy == "fallback" and new.unknown_policy == "reject":
+        problems.append(
+            f"input field {old.name!r} rejects values the live version accepts: its unknown policy changed from "
+            "fallback to reject (unknown categories now get 422)"
+        )
     return problems

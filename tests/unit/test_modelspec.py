@@ -93,6 +93,36 @@ def test_breaking_changes_are_named() -> None:
     assert any("'sector' was removed" in p for p in breaking_changes(live, dropped))
 
 
+def test_a_stricter_policy_is_breaking_even_with_the_same_or_a_wider_range() -> None:
+    """flag -> reject and fallback -> reject turn answers clients got (200) into 422: both must be reported."""
+    live = schema(
+        features=[
+            NumericFeature(name="temp_c", minimum=-10, maximum=40, range_policy="flag", example=20),
+            CategoricalFeature(
+                name="sector", categories=["N", "S", "E"], unknown_policy="fallback", fallback="N", example="N"
+            ),
+        ]
+    )
+    stricter = schema(
+        features=[
+            NumericFeature(name="temp_c", minimum=-20, maximum=50, range_policy="reject", example=20),
+            CategoricalFeature(name="sector", categories=["N", "S", "E"], unknown_policy="reject", example="N"),
+        ]
+    )
+    problems = "\n".join(breaking_changes(live, stricter))
+    assert "'temp_c' rejects values the live version accepts: its range policy changed from flag to reject" in problems
+    assert "'sector' rejects values the live version accepts: its unknown policy changed from fallback" in problems
+    # The other way round is a widening, and a reject range that only widens stays compatible.
+    assert breaking_changes(stricter, live) == []
+    widened = schema(
+        features=[
+            NumericFeature(name="temp_c", minimum=-30, maximum=60, range_policy="reject", example=20),
+            CategoricalFeature(name="sector", categories=["N", "S", "E"], unknown_policy="reject", example="N"),
+        ]
+    )
+    assert breaking_changes(stricter, widened) == []
+
+
 def test_numeric_profile_bins_and_missing() -> None:
     values = np.r_[np.arange(100, dtype=float), [np.nan] * 25]
     p = NumericProfile.from_values(values)
