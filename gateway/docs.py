@@ -178,8 +178,11 @@ def render(schema: ModelSchema) -> str:
         "prediction and its version and exports the live quality of that version "
         f"(`modelops_gateway_live_quality`, metric `{schema.quality_metric.name}`, the one the version was "
         "trained and gated on). Unknown or expired ids answer `404 unknown_request_id`, a second report for "
-        "the same id `409 duplicate_feedback`. Predictions wait "
-        f"{_default('feedback_retention_s') / 86400:g} days for their outcome.",
+        "the same id `409 duplicate_feedback`; an outcome must be a finite number of at most 3.40282e+38 "
+        "(float32) in magnitude (`422 invalid_input` naming the entry). A request id stores the first "
+        "prediction made under it: a later `/predict` with the same `X-Request-ID` is answered but not "
+        "stored, and its feedback is scored against that first prediction, so send a fresh id per request. "
+        f"Predictions wait {_default('feedback_retention_s') / 86400:g} days for their outcome.",
         "",
         "```json",
         json.dumps(

@@ -12,6 +12,11 @@ With ``feedback_db_path`` on a shared disk every worker process uses the same da
 feedback may reach any worker and the live quality covers all of them. Without it each process
 keeps its own temporary database. Feedback for a prediction made less than a second ago may not
 be joinable yet (the writer batches); it is retried after a flush of this process' queue.
+
+A request id stores one prediction: the first answered request that carries it. A later request
+with the same ``X-Request-ID`` is answered as usual but its prediction is not stored, so repeating
+an id never resets the one report of an outcome it takes, nor replaces another client's prediction;
+its feedback is scored against that first prediction (send a fresh id per request to score each).
 """
 
 from __future__ import annotations
@@ -56,7 +61,51 @@ CREATE TABLE IF NOT EXISTS outcomes (
     sum_abs REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outcomes_received ON outcomes(received_at);
+CREATE TABLE IF NOT EXISTS outcome_rollup (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    sum_sq REAL NOT NULL,
+    sum_abs REAL NOT NULL,
+    PRIMARY KEY (model, version, bucket)
+) WITHOUT ROWID;
 """
+
+ROLLUP_BUCKET_S = 60
+"""Width of a rollup bucket: the live quality reads whole buckets, and raw outcomes for the window's first one.
+
+A constant, not a setting: every worker sharing a database must cut the same buckets.
+"""
+
+_BACKFILL_ROLLUP = f"""
+INSERT INTO outcome_rollup (model, version, bucket, n, sum_sq, sum_abs)
+SELECT model, version, CAST(received_at / {ROLLUP_BUCKET_S} AS INTEGER) * {ROLLUP_BUCKET_S}, SUM(n), SUM(sum_sq),
+       SUM(sum_abs)
+FROM outcomes GROUP BY 1, 2, 3
+"""
+
+_ADD_TO_ROLLUP = """
+INSERT INTO outcome_rollup (model, version, bucket, n, sum_sq, sum_abs) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (model, version, bucket) DO UPDATE SET
+    n = n + excluded.n, sum_sq = sum_sq + excluded.sum_sq, sum_abs = sum_abs + excluded.sum_abs
+"""
+
+_QUALITY = """
+SELECT model, version, SUM(n), SUM(sum_sq), SUM(sum_abs) FROM (
+    SELECT model, version, n, sum_sq, sum_abs FROM outcome_rollup WHERE bucket >= :first_bucket
+    UNION ALL
+    SELECT model, version, n, sum_sq, sum_abs FROM outcomes WHERE received_at >= :since AND received_at < :first_bucket
+) GROUP BY model, version ORDER BY model, version
+"""
+
+OUTCOME_LIMIT = float(np.finfo(np.float32).max)
+"""The largest outcome magnitude accepted: outputs are float32, and a bigger error would overflow the sum of squares."""
+
+
+def _bucket(t: float) -> int:
+    """Start of the rollup bucket holding time ``t`` (the same rounding as :data:`_BACKFILL_ROLLUP`)."""
+    return int(t // ROLLUP_BUCKET_S) * ROLLUP_BUCKET_S
 
 
 @dataclass(frozen=True)
@@ -107,8 +156,8 @@ def _insert_sql(rows: int) -> str:
     """One INSERT statement of ``rows`` predictions."""
     one = "(" + ", ".join("?" * _COLUMNS) + ", NULL)"
     return (
-        "INSERT OR REPLACE INTO predictions (request_id, model, version, created_at, outputs, rows, predictions, "
-        "feedback_at) VALUES " + ", ".join([one] * rows)
+        "INSERT INTO predictions (request_id, model, version, created_at, outputs, rows, predictions, "
+        "feedback_at) VALUES " + ", ".join([one] * rows) + " ON CONFLICT (request_id) DO NOTHING"
     )
 
 
@@ -138,8 +187,18 @@ class FeedbackStore(BackgroundWriter[StoredPrediction]):
         self.window_s = window_s
         self._writer = _connect(path)
         self._writer.executescript(_SCHEMA)
+        self._backfill_rollup()
         self._reader = _connect(path)
         self._reader_lock = threading.Lock()
+
+    def _backfill_rollup(self) -> None:
+        """Build the rollup from the outcomes of a database written before it existed (once, by the first opener)."""
+        with self._writer:
+            self._writer.execute("BEGIN IMMEDIATE")
+            empty = self._writer.execute("SELECT 1 FROM outcome_rollup LIMIT 1").fetchone() is None
+            if empty and self._writer.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is not None:
+                self._writer.execute(_BACKFILL_ROLLUP)
+                log.info("built the live-quality rollup from the stored outcomes of %s", self.path)
 
     # -- writer thread ---------------------------------------------------------------------------
     def write_batch(self, items: list[StoredPrediction]) -> None:
@@ -170,6 +229,10 @@ class FeedbackStore(BackgroundWriter[StoredPrediction]):
             self._writer.execute("BEGIN")
             self._writer.execute("DELETE FROM predictions WHERE created_at < ?", (now - self.retention_s,))
             self._writer.execute("DELETE FROM outcomes WHERE received_at < ?", (now - self.window_s,))
+            # Only buckets wholly before the window: the one the window starts in is read from raw outcomes.
+            self._writer.execute(
+                "DELETE FROM outcome_rollup WHERE bucket + ? <= ?", (ROLLUP_BUCKET_S, now - self.window_s)
+            )
 
     def release(self) -> None:
         """Close the connections (and remove the temporary database)."""
@@ -202,6 +265,10 @@ class FeedbackStore(BackgroundWriter[StoredPrediction]):
         outputs = outputs_csv.split(",")
         predicted = np.frombuffer(blob, dtype=np.float32).reshape(rows, len(outputs)).astype(np.float64)
         truth, mask = parse_outcomes(outcomes, rows, outputs)
+        # A non-finite stored prediction (written before they were refused at serving time) has no error to
+        # score: the outcome is accepted, those entries are left out (the answer's ``outcomes`` counts what
+        # was scored), and the sums stay finite (SQLite stores NaN as NULL, which broke every later join).
+        mask &= np.isfinite(predicted)
         errors = (truth - predicted)[mask]
         now = time.time()
         with self._reader_lock, self._reader:
@@ -212,10 +279,13 @@ class FeedbackStore(BackgroundWriter[StoredPrediction]):
             ).rowcount
             if updated != 1:
                 raise DuplicateFeedback("the outcome of this request was already received", field="request_id")
-            self._reader.execute(
-                "INSERT INTO outcomes (model, version, received_at, n, sum_sq, sum_abs) VALUES (?, ?, ?, ?, ?, ?)",
-                (model, version, now, int(errors.size), float(np.sum(errors**2)), float(np.sum(np.abs(errors)))),
-            )
+            if errors.size:
+                sums = (int(errors.size), float(np.sum(errors**2)), float(np.sum(np.abs(errors))))
+                self._reader.execute(
+                    "INSERT INTO outcomes (model, version, received_at, n, sum_sq, sum_abs) VALUES (?, ?, ?, ?, ?, ?)",
+                    (model, version, now, *sums),
+                )
+                self._reader.execute(_ADD_TO_ROLLUP, (model, version, _bucket(now), *sums))
         return Joined(request_id=request_id, model=model, version=int(version), outcomes=int(errors.size))
 
     def join_shadow(self, key: str, outcomes: Any) -> Joined | None:
@@ -236,14 +306,16 @@ class FeedbackStore(BackgroundWriter[StoredPrediction]):
         return tuple(row) if row is not None else None
 
     def quality(self) -> list[VersionQuality]:
-        """Errors per version over the outcomes received within the window."""
+        """Errors per version over the outcomes received within the window.
+
+        Exact, and cheap whatever the number of outcomes (it runs at every ``/metrics`` scrape): the
+        whole minutes of the window come from the rollup (one row per version and minute), only the
+        minute the window starts in from the raw outcomes (a range of the ``received_at`` index).
+        """
         since = time.time() - self.window_s
+        first_bucket = _bucket(since) + ROLLUP_BUCKET_S
         with self._reader_lock:
-            rows = self._reader.execute(
-                "SELECT model, version, SUM(n), SUM(sum_sq), SUM(sum_abs) FROM outcomes WHERE received_at >= ? "
-                "GROUP BY model, version ORDER BY model, version",
-                (since,),
-            ).fetchall()
+            rows = self._reader.execute(_QUALITY, {"since": since, "first_bucket": first_bucket}).fetchall()
         return [VersionQuality(m, int(v), int(n or 0), float(sq or 0.0), float(ab or 0.0)) for m, v, n, sq, ab in rows]
 
 
@@ -281,8 +353,14 @@ def parse_outcomes(outcomes: Any, rows: int, outputs: list[str]) -> tuple[np.nda
                 number = float(value)
             except OverflowError:
                 number = math.inf
-            if not math.isfinite(number):
-                raise InvalidInput("an outcome must be a finite number", field=f"{where}.{name}")
+            # Bounded by float32, the type of the predictions: 1e200 is finite, but its square is not, and
+            # one such outcome made the version's live quality infinite (hidden) for the whole window.
+            if not (math.isfinite(number) and abs(number) <= OUTCOME_LIMIT):
+                raise InvalidInput(
+                    f"an outcome must be a finite number within the float32 range (at most {OUTCOME_LIMIT:.6g} in "
+                    "magnitude): send the true value of the output in its unit",
+                    field=f"{where}.{name}",
+                )
             values[i, j], mask[i, j] = number, True
     if not mask.any():
         raise InvalidInput("no outcome given: at least one record needs a value", field="outcomes")

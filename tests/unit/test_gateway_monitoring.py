@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +12,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+import gateway.feedback as feedback_module
 from gateway.app import create_app
 from gateway.audit import AuditEntry, AuditLog
 from gateway.drift import VersionWindow
+from gateway.errors import DuplicateFeedback, UnknownRequestId
+from gateway.feedback import FeedbackStore, StoredPrediction
 from gateway.settings import GatewaySettings
 from gateway.testing import (
     MODEL,
@@ -291,3 +295,151 @@ def test_metrics_aggregate_across_workers_in_multiprocess_mode(tmp_path: Path) -
     assert metric_value(out.stdout, "modelops_gateway_requests_total", **ok) == 2
     assert metric_value(out.stdout, "modelops_gateway_served_version", model=MODEL, alias="champion") == 1
     assert metric_value(out.stdout, "modelops_gateway_drift_window_records", model=MODEL, version="1") == 20
+
+
+def test_a_repeated_request_id_keeps_the_first_prediction_and_its_one_report(client: TestClient) -> None:
+    """Repeating an X-Request-ID neither resets the one report it takes nor replaces the stored prediction."""
+    first = client.post("/predict", json=training_records(2), headers={"x-request-id": "dup-1"}).json()
+    truth = [{"ghi_wm2": p["ghi_wm2"]} for p in first["predictions"]]
+    assert _feedback(client, "dup-1", truth).status_code == 200
+    again = client.post("/predict", json=training_records(2, seed=1), headers={"x-request-id": "dup-1"})
+    assert again.status_code == 200 and again.json()["request_id"] == "dup-1"  # answered as usual
+    time.sleep(0.3)  # let the writer store (or not) the second prediction
+    dup = _feedback(client, "dup-1", truth)
+    assert dup.status_code == 409 and dup.json()["error"]["code"] == "duplicate_feedback", dup.text
+    # another client reusing an id before its feedback does not replace the first prediction (2 records)
+    client.post("/predict", json=training_records(2), headers={"x-request-id": "shared-1"})
+    time.sleep(0.3)
+    client.post("/predict", json=training_records(3), headers={"x-request-id": "shared-1"})
+    time.sleep(0.3)
+    resp = _feedback(client, "shared-1", [{"ghi_wm2": 1.0}, None])
+    assert resp.status_code == 200, resp.text
+
+
+def test_outcomes_beyond_the_float32_range_are_a_clear_422(client: TestClient) -> None:
+    """1e200 is finite but its square is not: it would hide the version's live quality for the whole window."""
+    client.post("/predict", json=training_records(2), headers={"x-request-id": "big-1"})
+    for value in (1e200, -1e39):
+        resp = _feedback(client, "big-1", [None, {"ghi_wm2": value}])
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["error"]["field"] == "outcomes[1].ghi_wm2"
+        assert "float32" in resp.json()["error"]["message"]
+    assert _feedback(client, "big-1", [None, {"ghi_wm2": 3.0e38}]).status_code == 200
+    live = metric_value(client.get("/metrics").text, "modelops_gateway_live_quality", model=MODEL, version="1")
+    assert live is not None and np.isfinite(live)
+
+
+def _store(tmp_path: Path, **kwargs: float) -> FeedbackStore:
+    store = FeedbackStore(
+        tmp_path / "feedback.db", retention_s=kwargs.get("retention_s", 1000.0), window_s=kwargs.get("window_s", 1000.0)
+    )
+    store.start()
+    return store
+
+
+def _stored(request_id: str, values: list[float], created_at: float) -> StoredPrediction:
+    return StoredPrediction(request_id, "m", 1, created_at, ("y",), np.array([[v] for v in values], dtype=np.float32))
+
+
+def test_a_nan_stored_prediction_is_left_out_not_a_500(tmp_path: Path) -> None:
+    """SQLite stores a NaN sum as NULL: the NOT NULL insert failed and the feedback answered 500 every time."""
+    store = _store(tmp_path)
+    try:
+        store.submit(_stored("nan-1", [float("nan"), 10.0], time.time()))
+        store.submit(_stored("nan-2", [float("nan")], time.time()))
+        store.flush()
+        assert store.join("nan-1", [{"y": 1.0}, {"y": 13.0}]).outcomes == 1  # only the finite prediction
+        assert store.join("nan-2", [{"y": 1.0}]).outcomes == 0
+        with pytest.raises(DuplicateFeedback):
+            store.join("nan-2", [{"y": 1.0}])
+        [q] = store.quality()
+        assert (q.n, q.sum_sq, q.sum_abs) == (1, 9.0, 3.0)
+    finally:
+        store.close()
+
+
+def test_live_quality_is_the_rmse_or_mae_computed_by_hand(tmp_path: Path) -> None:
+    """Errors 3 and -4: RMSE sqrt(12.5), MAE 3.5 (a constant offset could not tell them apart)."""
+    store = _store(tmp_path)
+    try:
+        store.submit(_stored("q-1", [10.0, 20.0], time.time()))
+        store.flush()
+        store.join("q-1", [{"y": 13.0}, {"y": 16.0}])
+        [q] = store.quality()
+        assert (q.n, q.sum_sq, q.sum_abs) == (2, 25.0, 7.0)
+        assert q.value("rmse") == pytest.approx(12.5**0.5, rel=1e-12)
+        assert q.value("mae") == pytest.approx(3.5, rel=1e-12)
+    finally:
+        store.close()
+
+
+def test_the_gateway_exports_the_rmse_of_uneven_errors(client: TestClient) -> None:
+    body = client.post("/predict", json=training_records(2)).json()
+    p = [r["ghi_wm2"] for r in body["predictions"]]
+    assert _feedback(client, body["request_id"], [{"ghi_wm2": p[0] + 3.0}, {"ghi_wm2": p[1] - 4.0}]).status_code == 200
+    live = metric_value(client.get("/metrics").text, "modelops_gateway_live_quality", model=MODEL, version="1")
+    assert live == pytest.approx(12.5**0.5, rel=1e-4)  # float32 predictions: not exactly 3 and 4
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def _rows(store: FeedbackStore, table: str) -> int:
+    with sqlite3.connect(store.path) as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_the_quality_window_is_exact_and_old_outcomes_and_predictions_are_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes at t0, t0+70 and t0+130 with a 100 s window, read at t0+150: the last two (one of them read from
+    the raw outcomes of the minute the window starts in, one from the rollup); the tick deletes the rest."""
+    t0 = 1_000_000_030.0  # 10 s into a rollup minute
+    clock = _Clock(t0)
+    monkeypatch.setattr(feedback_module, "time", clock)
+    store = _store(tmp_path, window_s=100.0, retention_s=120.0)
+    try:
+        for i in range(3):
+            store.submit(_stored(f"w-{i}", [0.0], t0))
+        store.flush()
+        for i, offset in enumerate((0.0, 70.0, 130.0)):
+            clock.now = t0 + offset
+            store.join(f"w-{i}", [{"y": float(i + 1)}])
+        store.submit(_stored("late", [0.0], t0 + 130.0))
+        store.flush()
+        clock.now = t0 + 150.0
+        [q] = store.quality()
+        assert (q.n, q.sum_sq) == (2, 4.0 + 9.0)
+        assert (_rows(store, "outcomes"), _rows(store, "outcome_rollup")) == (3, 3)
+        store.tick()
+        assert _rows(store, "outcomes") == 2, "outcomes past the quality window were kept"
+        assert _rows(store, "outcome_rollup") == 2, "rollup minutes wholly past the window were kept"
+        [q] = store.quality()
+        assert (q.n, q.sum_sq) == (2, 13.0)
+        # retention: the predictions made at t0 are older than 120 s, "late" is not
+        assert _rows(store, "predictions") == 1, "predictions past retention were kept"
+        with pytest.raises(UnknownRequestId):
+            store.join("w-0", [{"y": 1.0}])
+    finally:
+        store.close()
+
+
+def test_the_rollup_is_built_from_a_database_written_before_it(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.submit(_stored("b-1", [0.0, 0.0], time.time()))
+    store.flush()
+    store.join("b-1", [{"y": 1.0}, {"y": 2.0}])
+    store.close()
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("DELETE FROM outcome_rollup")
+    reopened = _store(tmp_path)
+    try:
+        [q] = reopened.quality()
+        assert (q.n, q.sum_sq, q.sum_abs) == (2, 5.0, 3.0)
+    finally:
+        reopened.close()
