@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 import gateway.feedback as feedback_module
 from gateway.app import create_app
 from gateway.audit import AuditEntry, AuditLog
-from gateway.drift import VersionWindow
+from gateway.drift import DriftMonitor, VersionWindow
 from gateway.errors import DuplicateFeedback, UnknownRequestId
 from gateway.feedback import FeedbackStore, StoredPrediction
 from gateway.settings import GatewaySettings
@@ -32,6 +32,15 @@ from gateway.testing import (
     write_repository,
 )
 from gateway.transport import new_request_id
+from modelspec import (
+    CategoricalFeature,
+    CategoricalProfile,
+    ModelSchema,
+    NumericFeature,
+    NumericProfile,
+    OutputSpec,
+    TrainingProfile,
+)
 
 PSI_ALERT = 0.25  # deploy/prometheus/rules: ModelopsFeatureDriftHigh
 
@@ -108,6 +117,52 @@ def test_psi_of_the_training_distribution_is_small_and_missing_values_count() ->
     numeric[:, 2] = np.nan  # every cloud cover missing: 10% in training
     window.add(numeric, categorical, np.zeros((2000, 1), dtype=np.float32))
     assert window.feature_psi()["cloud_cover_tenths"] > PSI_ALERT
+
+
+def test_drift_psi_of_a_hand_built_window_matches_the_hand_computed_value() -> None:
+    """One numeric feature, one categorical, one output, with profiles whose PSI is easy to work out.
+
+    Numeric: edges [0, 10], shares [0.25, 0.5, 0.25] of the present values, 20 % missing, so the
+    expected bins are [0.2, 0.4, 0.2 | missing 0.2]; the window holds -1, 5 x4, 10 x3, NaN x2, i.e.
+    [0.1, 0.4, 0.3 | 0.2]: PSI = (0.1 - 0.2) ln(0.1 / 0.2) + (0.3 - 0.2) ln(0.3 / 0.2) = 0.1 ln 3.
+    Categorical ["a", "b"] at [0.5, 0.5], no missing: expected [0.5, 0.5 | 0]; the window is
+    a x8, b x2: (0.8 - 0.5) ln 1.6 + (0.2 - 0.5) ln 0.4 (the empty missing bin is floored on both sides).
+    The output, edges [100] at [0.5, 0.5]: all ten predictions at 200 give [1e-4, 1, 1e-4 floored].
+    """
+    schema = ModelSchema(
+        model_name="m",
+        features=[
+            NumericFeature(name="x", minimum=-5, maximum=20, example=1),
+            CategoricalFeature(name="c", categories=["a", "b"], example="a"),
+        ],
+        outputs=[OutputSpec(name="y")],
+    )
+    profile = TrainingProfile(
+        rows=100,
+        numeric={
+            "x": NumericProfile(edges=[0.0, 10.0], proportions=[0.25, 0.5, 0.25], missing_rate=0.2, mean=0, std=1)
+        },
+        categorical={"c": CategoricalProfile(proportions={"a": 0.5, "b": 0.5}, missing_rate=0.0)},
+        predictions={"y": NumericProfile(edges=[100.0], proportions=[0.5, 0.5], missing_rate=0.0, mean=0, std=1)},
+    )
+    window = VersionWindow(schema, profile, size=10)
+    numeric = np.array([[-1.0]] + [[5.0]] * 4 + [[10.0]] * 3 + [[np.nan]] * 2, dtype=np.float32)
+    categorical = np.array([[0]] * 8 + [[1]] * 2, dtype=np.int64)
+    window.add(numeric, categorical, np.full((10, 1), 200.0, dtype=np.float32))
+    got = window.feature_psi()
+    assert got["x"] == pytest.approx(0.1 * np.log(3.0), rel=1e-9)
+    assert got["c"] == pytest.approx(0.3 * np.log(1.6) - 0.3 * np.log(0.4), rel=1e-9)
+    eps = 1e-4
+    expected_y = (eps - 0.5) * np.log(eps / 0.5) + (1 - 0.5) * np.log(1 / 0.5)  # the missing bin: 0 vs 0
+    assert window.prediction_psi()["y"] == pytest.approx(expected_y, rel=1e-9)
+    # and the exported gauges carry exactly these values
+    monitor = DriftMonitor(window=10, min_records=10)
+    monitor.observe("m", 1, schema, profile, numeric, categorical, np.full((10, 1), 200.0, dtype=np.float32))
+    families = {
+        f.name: {s.labels.get("feature", s.labels.get("output")): s.value for s in f.samples} for f in monitor.collect()
+    }
+    assert families["modelops_gateway_feature_drift_psi"]["x"] == pytest.approx(0.1 * np.log(3.0), rel=1e-9)
+    assert families["modelops_gateway_prediction_drift_psi"]["y"] == pytest.approx(expected_y, rel=1e-9)
 
 
 def test_generated_request_ids_are_uuid7_time_ordered_and_unique(client: TestClient) -> None:

@@ -146,6 +146,17 @@ def test_psi_is_zero_for_equal_and_large_for_shifted() -> None:
         psi(base, [1.0])
 
 
+def test_psi_matches_values_computed_by_hand() -> None:
+    """sum((a - e) * ln(a / e)): a scaled or otherwise wrong formula must fail here, not only a threshold."""
+    # (0.25 - 0.5) ln(0.25 / 0.5) + (0.75 - 0.5) ln(0.75 / 0.5) = 0.25 ln 2 + 0.25 ln 1.5 = 0.25 ln 3
+    assert psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(0.25 * np.log(3.0), rel=1e-12)
+    assert psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(0.2746530722, rel=1e-9)
+    # an empty bin is floored at 1e-4: (1e-4 - 0.5) ln(1e-4 / 0.5) + (1 - 0.5) ln(1 / 0.5)
+    assert psi([0.5, 0.5], [0.0, 1.0]) == pytest.approx(4.6043185, rel=1e-7)
+    # symmetric in its arguments
+    assert psi([0.25, 0.75], [0.5, 0.5]) == pytest.approx(psi([0.5, 0.5], [0.25, 0.75]), rel=1e-12)
+
+
 def test_routing_round_trip_is_atomic(tmp_path: Path) -> None:
     assert Routing.read(tmp_path) is None
     r = Routing(model_name="m", champion=3, challenger=4, previous_champion=2)
