@@ -1,13 +1,16 @@
 """Schema-driven fuzzing of /predict: records generated from the published OpenAPI request schema, then mutated.
 
-Properties: a record the published schema allows is answered 200; anything else is a 4xx with the
-one error shape; nothing is ever a 5xx. The strategies are reused against the real stack by
+Properties: a record the published schema allows is answered 200; a mutated body is judged by the
+published schema itself (:mod:`jsonschema`): still valid, 200; invalid JSON (NaN, Infinity), 400
+or 422; any other body the schema rejects, 422 ``invalid_input``; every error has the one
+error shape; nothing is ever a 5xx. The strategies are reused against the real stack by
 ``tests/integration/test_gateway_contract.py``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,10 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from gateway.testing import MODEL, FakeTriton, factory, write_repository
+from gateway.testing import MODEL, FakeTriton, demo_schema, factory, write_repository
 
 MARKER = "fuzz-marker-7d1c"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -75,7 +79,7 @@ def mutated_bodies(draw: st.DrawFn, body_schema: dict[str, Any]) -> Any:
     if not records:
         return body
     record = records[draw(st.integers(0, len(records) - 1))]
-    action = draw(st.sampled_from(["drop", "retype", "extra", "shape", "nonfinite"]))
+    action = draw(st.sampled_from(["drop", "retype", "extra", "shape", "nonfinite", "bounds"]))
     if action == "drop" and record:
         record.pop(draw(st.sampled_from(sorted(record))))
     elif action == "retype" and record:
@@ -86,7 +90,25 @@ def mutated_bodies(draw: st.DrawFn, body_schema: dict[str, Any]) -> Any:
         return draw(JSON_VALUES)
     elif action == "nonfinite" and record:
         record[draw(st.sampled_from(sorted(record)))] = draw(st.sampled_from([float("nan"), float("inf"), -1e308 * 10]))
+    elif action == "bounds":
+        _break_a_bound(draw, body_schema, record)
     return body
+
+
+def _break_a_bound(draw: st.DrawFn, body_schema: dict[str, Any], record: dict[str, Any]) -> None:
+    """Set a field just outside what the schema allows: past a minimum/maximum, or a string out of its enum."""
+    props = body_schema["oneOf"][0]["properties"] if "oneOf" in body_schema else body_schema["properties"]
+    bounded = sorted(k for k, v in props.items() if "enum" in v or "minimum" in v or "maximum" in v)
+    if not bounded:
+        return
+    name = draw(st.sampled_from(bounded))
+    prop = props[name]
+    if "enum" in prop:
+        record[name] = draw(st.text(max_size=8).filter(lambda t: t not in prop["enum"]))
+    elif draw(st.booleans()) and "maximum" in prop and prop["maximum"] < 1e30:
+        record[name] = prop["maximum"] + draw(st.floats(1e-3, 1e6))
+    elif "minimum" in prop and prop["minimum"] > -1e30:
+        record[name] = prop["minimum"] - draw(st.floats(1e-3, 1e6))
 
 
 def check_answer(status: int, text: str, body: Any) -> None:
@@ -96,6 +118,25 @@ def check_answer(status: int, text: str, body: Any) -> None:
         error = json.loads(text)
         assert set(error) == {"error"} and set(error["error"]) == {"code", "message", "field"}, text
         assert MARKER not in error["error"]["message"], "the error echoes the payload"
+
+
+def _has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_has_nonfinite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nonfinite(v) for v in value.values())
+    return False
+
+
+def expected_status(body_schema: dict[str, Any], body: Any) -> set[int]:
+    """What the gateway may answer ``body``, judged by the schema it publishes (not by the gateway's code)."""
+    if _has_nonfinite(body):
+        # NaN / Infinity literals are not JSON: 400 malformed_json, or 422 naming the field when the parser
+        # took the literal and the field check refused the value.
+        return {400, 422}
+    return {200} if Draft202012Validator(body_schema).is_valid(body) else {422}
 
 
 def encode(body: Any) -> bytes:
@@ -132,7 +173,8 @@ def test_every_body_the_published_schema_allows_is_answered(fuzz_client: TestCli
     prop()
 
 
-def test_broken_bodies_are_4xx_never_5xx(fuzz_client: TestClient) -> None:
+def test_broken_bodies_get_the_status_the_published_schema_implies(fuzz_client: TestClient) -> None:
+    """A body the schema rejects is a 422 (not a 200 nor only "< 500"); a mutation that left it valid, 200."""
     schema = body_schema_of(fuzz_client)
 
     @FUZZ
@@ -140,8 +182,31 @@ def test_broken_bodies_are_4xx_never_5xx(fuzz_client: TestClient) -> None:
     def prop(body: Any) -> None:
         resp = fuzz_client.post("/predict", content=encode(body), headers={"content-type": "application/json"})
         check_answer(resp.status_code, resp.text, body)
+        assert resp.status_code in expected_status(schema, body), f"{body!r}: {resp.status_code} {resp.text}"
 
     prop()
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        (lambda r: r.update(pressure_mbar=2000.0), 422),  # outside a reject range
+        (lambda r: r.update(wind_direction="NNW"), 422),  # not in a reject enum
+        (lambda r: r.pop("temperature_c"), 422),  # required
+        (lambda r: r.update(temperature_c="warm"), 422),
+        (lambda r: r.update(temperature_c=True), 422),  # a bool is not a number
+        (lambda r: r.update(surprise=1), 422),
+        (lambda r: r.update(temperature_c=99.0), 200),  # a flag range accepts it
+        (lambda r: r.update(cloud_cover_tenths=None), 200),  # nullable
+    ],
+)
+def test_the_oracle_itself_agrees_with_hand_picked_cases(fuzz_client: TestClient, change: Any, status: int) -> None:
+    """The oracle of the property above, and the gateway, on cases whose answer is known by hand."""
+    schema = body_schema_of(fuzz_client)
+    record = dict(demo_schema().example_record())
+    change(record)
+    assert expected_status(schema, record) == {status}
+    assert fuzz_client.post("/predict", json=record).status_code == status
 
 
 def test_arbitrary_bytes_are_4xx_never_5xx(fuzz_client: TestClient) -> None:
