@@ -1,7 +1,9 @@
 """The OpenAPI contract is snapshotted: a change that would break clients fails; docs/contract.md is current.
 
-Refresh the snapshot after a deliberate, non-breaking change with
-``UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/unit/test_gateway_openapi.py``.
+Two documents are snapshotted: the gateway serving the test model (``openapi.json``, one feature of
+every kind and policy) and serving the demo schema really deployed (``openapi.solar_ghi.json``, from
+``solar_ghi.schema.json``). A missing snapshot fails; refresh them after a deliberate, non-breaking
+change with ``UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/unit/test_gateway_openapi.py``.
 """
 
 from __future__ import annotations
@@ -19,21 +21,72 @@ from gateway.app import create_app
 from gateway.docs import main as docs_main
 from gateway.docs import render
 from gateway.settings import GatewaySettings
-from gateway.testing import MODEL, FakeTriton, demo_schema, factory, write_repository
-from modelspec import ModelSchema
+from gateway.testing import FakeTriton, demo_schema, factory, write_repository, write_routing
+from modelspec import MANIFEST_FILE, SCHEMA_FILE, Manifest, ModelSchema
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOTS = ROOT / "tests" / "snapshots"
 OPENAPI_SNAPSHOT = SNAPSHOTS / "openapi.json"
 SERVED_SCHEMA = SNAPSHOTS / "solar_ghi.schema.json"
+SERVED_OPENAPI_SNAPSHOT = SNAPSHOTS / "openapi.solar_ghi.json"
 CONTRACT_PAGE = ROOT / "docs" / "contract.md"
 UPDATE = os.environ.get("UPDATE_SNAPSHOTS") == "1"
 
 
-def current_openapi(tmp_path: Path) -> dict[str, Any]:
-    write_repository(tmp_path / "repo")
-    app = create_app(GatewaySettings(model_repository=tmp_path / "repo", default_model=MODEL), factory(FakeTriton()))
+def current_openapi(tmp_path: Path, schema: ModelSchema | None = None) -> dict[str, Any]:
+    """The OpenAPI document of a gateway serving ``schema`` (default: the test model)."""
+    root = tmp_path / "repo"
+    served = write_repository(root) if schema is None else _write_bare_repository(root, schema)
+    settings = GatewaySettings(model_repository=root, default_model=served.model_name)
+    app = create_app(settings, factory(FakeTriton()))
     return json.loads(json.dumps(app.openapi()))
+
+
+def _write_bare_repository(root: Path, schema: ModelSchema) -> ModelSchema:
+    """A repository serving ``schema`` at version 1 with its schema and manifest only (no drift profile: the
+    test helpers profile the test model's synthetic records, and the OpenAPI document does not depend on it)."""
+    vdir = root / schema.model_name / "1"
+    vdir.mkdir(parents=True)
+    (vdir / SCHEMA_FILE).write_text(schema.model_dump_json(indent=2))
+    manifest = Manifest(
+        model_name=schema.model_name,
+        version=1,
+        run_id=f"run{1:030d}",
+        data_hash="sha256:test",
+        git_commit="test",
+        parity_max_abs_error=0.0,
+        metrics={schema.quality_metric.name: 1.0},
+    )
+    (vdir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    write_routing(root, schema.model_name, 1)
+    return schema
+
+
+def served_schema() -> ModelSchema:
+    """The demo schema the stack serves (the integration tests check that it is the one really served)."""
+    return ModelSchema.model_validate_json(SERVED_SCHEMA.read_bytes())
+
+
+SNAPSHOTTED = {
+    "test-model": (OPENAPI_SNAPSHOT, lambda: None),
+    "served-demo": (SERVED_OPENAPI_SNAPSHOT, served_schema),
+}
+
+
+def read_snapshot(path: Path, current: dict[str, Any], *, update: bool = UPDATE) -> dict[str, Any]:
+    """The snapshot at ``path``; written from ``current`` only when regeneration is asked (``UPDATE_SNAPSHOTS=1``).
+
+    A missing snapshot fails: writing one then would compare the document with itself and pass.
+    """
+    if update:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    if not path.exists():
+        pytest.fail(
+            f"the OpenAPI snapshot {path.name} is missing: restore it from git, or create it deliberately with "
+            "UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/unit/test_gateway_openapi.py"
+        )
+    return json.loads(path.read_text())
 
 
 # -- a small OpenAPI compatibility checker -------------------------------------------------------
@@ -152,23 +205,39 @@ def breaking_changes(old: dict, new: dict) -> list[str]:
 
 
 # -- the tests -----------------------------------------------------------------------------------
-def test_no_change_breaks_the_clients_of_the_snapshot(tmp_path: Path) -> None:
-    current = current_openapi(tmp_path)
-    if UPDATE or not OPENAPI_SNAPSHOT.exists():
-        SNAPSHOTS.mkdir(parents=True, exist_ok=True)
-        OPENAPI_SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    snapshot = json.loads(OPENAPI_SNAPSHOT.read_text())
+@pytest.mark.parametrize("which", sorted(SNAPSHOTTED))
+def test_no_change_breaks_the_clients_of_the_snapshot(tmp_path: Path, which: str) -> None:
+    path, schema = SNAPSHOTTED[which]
+    current = current_openapi(tmp_path, schema())
+    snapshot = read_snapshot(path, current)
     problems = breaking_changes(snapshot, current)
     assert not problems, "breaking changes to the API contract:\n" + "\n".join(problems)
 
 
-def test_the_snapshot_is_current(tmp_path: Path) -> None:
-    current = current_openapi(tmp_path)
-    snapshot = json.loads(OPENAPI_SNAPSHOT.read_text())
+@pytest.mark.parametrize("which", sorted(SNAPSHOTTED))
+def test_the_snapshot_is_current(tmp_path: Path, which: str) -> None:
+    path, schema = SNAPSHOTTED[which]
+    current = current_openapi(tmp_path, schema())
+    snapshot = read_snapshot(path, current)
     assert current == snapshot, (
         "the OpenAPI document changed without breaking clients: review it and refresh the snapshot with "
         "UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/unit/test_gateway_openapi.py"
     )
+
+
+def test_a_missing_snapshot_fails_and_is_not_written(tmp_path: Path) -> None:
+    missing = tmp_path / "openapi.json"
+    with pytest.raises(pytest.fail.Exception, match="missing"):
+        read_snapshot(missing, {"paths": {}}, update=False)
+    assert not missing.exists(), "a missing snapshot was written: the comparison would then always pass"
+    assert read_snapshot(missing, {"paths": {}}, update=True) == {"paths": {}}  # only when asked
+
+
+def test_the_served_demo_snapshot_is_the_demo_model() -> None:
+    """The second snapshot documents the served schema's fields, not the test model's."""
+    doc = json.loads(SERVED_OPENAPI_SNAPSHOT.read_text())
+    body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
+    assert set(body["properties"]) == {f.name for f in served_schema().features}
 
 
 def test_the_checker_catches_breaking_changes() -> None:
