@@ -69,6 +69,20 @@ def test_promtool_rule_unit_tests() -> None:
     run_tool(promtool, "test", "rules", str(RULES_TEST), cwd=RULES_TEST.parent)
 
 
+def test_every_alert_fires_and_stays_quiet_in_the_rule_unit_tests() -> None:
+    """An alert that never fires in a promtool test could have any broken expression; one never checked quiet
+    could fire always. Each needs a case with the alert expected, and one (or a time) with none."""
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for case in yaml.safe_load(RULES_TEST.read_text())["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (fired if check.get("exp_alerts") else quiet).add(str(check["alertname"]))
+    alerts = {str(a["alert"]) for a in _alerts()}
+    assert not alerts - fired, f"alerts that never fire in {RULES_TEST.name}: {sorted(alerts - fired)}"
+    assert not alerts - quiet, f"alerts never checked quiet in {RULES_TEST.name}: {sorted(alerts - quiet)}"
+    assert not (fired | quiet) - alerts, f"tests of unknown alerts: {sorted((fired | quiet) - alerts)}"
+
+
 def test_rules_use_only_catalogued_metrics_and_labels() -> None:
     catalog = load_catalog()
     recorded = recorded_names()
