@@ -120,6 +120,8 @@ class GateVerdict:
     reason: str | None = None
     """None: the version passed (or was forced past) its gates."""
     forced: bool = False
+    held: bool = False
+    """Held back: the version failed its load or smoke test and waits for its retry (not a gate of its own)."""
 
     @property
     def passed(self) -> bool:
@@ -271,6 +273,7 @@ def plan_pass(
     bundles: Mapping[int, VersionBundle],
     tags: Mapping[int, Mapping[str, str]],
     settings: PlanSettings,
+    held_back: Mapping[int, str] | None = None,
 ) -> SyncPlan:
     """Decide one pass of ``model``.
 
@@ -281,6 +284,8 @@ def plan_pass(
         bundles: Version -> bundle: every version of ``wanted`` and those of ``routing`` that are readable.
         tags: Version -> MLflow tags, for each version in ``wanted.gated``.
         settings: Serving options and gate settings.
+        held_back: Version -> why: versions that failed their load or smoke test and are not to be
+            tried again in this pass; each is blocked like a version that failed a gate.
 
     Returns:
         The plan. A version blocked by its gates is replaced by the one its alias serves now.
@@ -293,8 +298,12 @@ def plan_pass(
     champion: int | None = wanted.champion
     challenger, previous = wanted.challenger, wanted.previous
     verdicts: list[GateVerdict] = []
+    held = held_back or {}
     for alias, version in wanted.gated:
-        verdict = gate(model, alias, version, routing, bundles, tags.get(version, {}), settings)
+        if version in held:
+            verdict = GateVerdict(alias, version, held[version], held=True)
+        else:
+            verdict = gate(model, alias, version, routing, bundles, tags.get(version, {}), settings)
         verdicts.append(verdict)
         if verdict.passed:
             continue

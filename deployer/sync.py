@@ -18,7 +18,9 @@ For every managed model (registered model tag ``modelops.managed=true``) one pas
 
 A failure at any step leaves the old routing (and the old versions loaded) in place, and
 says why: a log line, the version tag ``modelops.sync_status``, the metric
-``modelops_sync_errors_total`` and ``modelops status``.
+``modelops_sync_errors_total`` and ``modelops status``. A version that failed its load or smoke
+test is held back (its alias keeps what it served) and retried with an exponential backoff, or at
+once when the aliases move or its bundle changes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,6 +75,29 @@ log = logging.getLogger(__name__)
 
 class GateFailed(RuntimeError):
     """A version may not be served: the message says which gate and why."""
+
+
+@dataclass
+class _Failure:
+    """A version's failed load or smoke test, remembered so it is not retried every pass."""
+
+    fingerprint: str
+    """The bundle's files (name, size, mtime) when it failed: a rebuilt bundle is retried at once."""
+    aliases: tuple[int, int | None]
+    """(champion, challenger) of the MLflow aliases when it failed: a moved alias is retried at once."""
+    reason: str
+    attempts: int
+    retry_at: float
+    """Monotonic time from which the version may be tried again."""
+
+
+def bundle_fingerprint(folder: Path) -> str:
+    """What identifies a version's artifacts on disk: each file's name, size and modification time."""
+    try:
+        entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return ""
+    return json.dumps(entries)
 
 
 class SyncMetrics:
@@ -120,6 +146,10 @@ class SyncController:
         self.healthy = False
         self._lock = threading.Lock()
         self._blocked: dict[tuple[str, str, int], str] = {}  # (model, alias, version) -> reason, logged once
+        # (model, version) -> its last failed load or smoke test (issue 14, item 5): without it a
+        # broken version is reloaded into every Triton, and tagged in MLflow, on every pass.
+        self._failures: dict[tuple[str, int], _Failure] = {}
+        self.clock: Callable[[], float] = time.monotonic
 
     # -- discovery ---------------------------------------------------------------------------
     @property
@@ -202,13 +232,14 @@ class SyncController:
             outcome.routing = routing
             return outcome
         bundles = self._read_bundles(model, wanted, routing, outcome)
-        tags = {v: self._version_tags(model, v) for v in dict.fromkeys(v for _, v in wanted.gated)}
+        held = self._held_back(model, wanted, bundles)
+        tags = {v: self._version_tags(model, v) for v in dict.fromkeys(v for _, v in wanted.gated) if v not in held}
         settings = PlanSettings(
             options=self.options,
             quality_margin=self.settings.quality_margin,
             require_load_test=self.settings.require_load_test,
         )
-        plan = plan_pass(model, routing, wanted, bundles, tags, settings)
+        plan = plan_pass(model, routing, wanted, bundles, tags, settings, held)
         outcome.plan = plan
         self._apply_verdicts(plan, outcome)
         if plan.champion is None:
@@ -238,6 +269,44 @@ class SyncController:
                     log.debug("sync %s: routed v%d not readable: %s", model, v, exc)
         return bundles
 
+    def _held_back(self, model: str, wanted: Wanted, bundles: dict[int, VersionBundle]) -> dict[int, str]:
+        """Versions that failed a load or smoke test and wait for their retry: version -> why.
+
+        A failure is forgotten when the aliases moved or the version's bundle changed since, so
+        those are tried again at once; otherwise the version waits out its backoff.
+        """
+        aliases = (wanted.champion, wanted.challenger)
+        held: dict[int, str] = {}
+        for key, failure in list(self._failures.items()):
+            if key[0] != model:
+                continue
+            v = key[1]
+            bundle = bundles.get(v)
+            if failure.aliases != aliases or bundle is None or bundle_fingerprint(bundle.folder) != failure.fingerprint:
+                del self._failures[key]
+                continue
+            wait = failure.retry_at - self.clock()
+            if wait > 0:
+                held[v] = (
+                    f"failed its load or smoke test ({failure.reason}); retried in {wait:.0f} s, "
+                    "or at once when its alias moves or its bundle changes"
+                )
+        return held
+
+    def _remember_failure(self, plan: SyncPlan, versions: Iterable[int], reason: str) -> None:
+        """Remember that ``versions`` failed; tag each in MLflow only when its failure reason is new."""
+        model = plan.model
+        aliases = (plan.wanted.champion, plan.wanted.challenger)
+        for v in versions:
+            old = self._failures.get((model, v))
+            attempts = old.attempts + 1 if old is not None else 1
+            wait = min(self.settings.failure_backoff_s * 2 ** (attempts - 1), self.settings.failure_backoff_max_s)
+            fingerprint = bundle_fingerprint(plan.bundles[v].folder)
+            self._failures[(model, v)] = _Failure(fingerprint, aliases, reason, attempts, self.clock() + wait)
+            if old is None or old.reason != reason:
+                self._mark(model, v, f"failed: {reason}")
+            log.error("sync %s: v%d failed (attempt %d); next try in %.0f s: %s", model, v, attempts, wait, reason)
+
     def _version_tags(self, model: str, version: int) -> dict[str, str]:
         return dict(self.client.get_model_version(model, str(version)).tags or {})
 
@@ -258,7 +327,8 @@ class SyncController:
                 continue
             if self._blocked.get(key) != verdict.reason:
                 self._blocked[key] = verdict.reason
-                self._mark(model, v, f"blocked: {verdict.reason}")
+                if not verdict.held:  # a held version's tag already says why it failed
+                    self._mark(model, v, f"blocked: {verdict.reason}")
                 self.metrics.errors.labels(model, "gate").inc()
                 log.error("sync %s: version %d not served as %s: %s", model, v, alias, verdict.reason)
             outcome.record(StepRecord("gate", ok=False, version=v, reason=verdict.reason))
@@ -270,19 +340,24 @@ class SyncController:
         assert plan.config is not None  # a plan with a champion has a config
         config_changed = write_config(self.root, model, plan.config)
         outcome.record(StepRecord("config", ok=True, reason="rewritten" if config_changed else "unchanged"))
-        if not plan.needs_load(config_changed, (t.ready_versions(model) for t in tritons)):
-            # A version loaded by an earlier pass that stopped before its smoke test is not tested
-            # again here (issue 14, item 1): the smoke records of this pass say so.
+        needs_load = plan.needs_load(config_changed, (t.ready_versions(model) for t in tritons))
+        if not needs_load and not plan.new_versions:
             return True
         try:
-            for t in tritons:
-                self._load(plan, t, outcome)
+            if needs_load:
+                for t in tritons:
+                    self._load(plan, t, outcome)
+            # Every version routing.json does not serve yet is smoke-tested in this pass, loaded
+            # now or by an earlier pass that stopped (or was killed) before its smoke test passed
+            # (issue 14, item 1): the config being unchanged says nothing about a test.
             for v in plan.new_versions:
                 self._smoke(plan, v, tritons, outcome)
-        except TritonControlError as exc:
-            reason = str(exc)
-            for v in plan.new_versions:
-                self._mark(model, v, f"failed: {reason}")
+        except Exception as exc:
+            # Any exception of a load or smoke step (a client timeout, a ValueError from shape
+            # handling, an unreadable reference.json) fails the new versions and reverts.
+            reason = str(exc) if isinstance(exc, TritonControlError) else f"{type(exc).__name__}: {exc}"
+            failed_smoke = [s.version for s in outcome.steps if s.step == "smoke" and not s.ok and s.version]
+            self._remember_failure(plan, failed_smoke[-1:] or plan.new_versions, reason)
             self.metrics.errors.labels(model, "load_or_smoke").inc()
             log.error("sync %s: %s; reverting to versions %s", model, reason, plan.current.loaded_versions())
             self._revert(plan, outcome)
@@ -321,6 +396,13 @@ class SyncController:
     def _route(self, plan: SyncPlan, tritons: list[TritonControl], outcome: SyncOutcome) -> None:
         """Write ``routing.json`` when it changes; tag the new versions ``serving``."""
         model = plan.model
+        urls = [t.url for t in tritons]
+        untested = [v for v in plan.new_versions if not outcome.smoke_passed(v, urls)]
+        if untested:  # _load_and_smoke tests each new version; this guards the invariant itself
+            reason = f"versions {untested} have no passing smoke test on every Triton in this pass"
+            outcome.record(StepRecord("route", ok=False, reason=reason))
+            outcome.error = reason
+            return
         if plan.champion_changed:
             assert plan.champion is not None
             self._record_history(model, plan.champion)
@@ -332,14 +414,12 @@ class SyncController:
         new_routing.write(self.root / model)
         outcome.changed = True
         for v in plan.new_versions:
+            self._failures.pop((model, v), None)
             self._mark(model, v, "serving")
         log.info(
             "sync %s: champion v%s, challenger v%s, previous v%s", model, plan.champion, plan.challenger, plan.previous
         )
-        urls = [t.url for t in tritons]
-        untested = [v for v in plan.new_versions if not outcome.smoke_passed(v, urls)]
-        note = f"not smoke-tested in this pass: {untested}" if untested else ""
-        outcome.record(StepRecord("route", ok=True, reason=note))
+        outcome.record(StepRecord("route", ok=True))
         outcome.routing = new_routing
 
     # -- helpers -----------------------------------------------------------------------------
@@ -373,7 +453,7 @@ class SyncController:
         for t in self.tritons:
             try:
                 t.load(plan.model)
-            except TritonControlError as exc:
+            except Exception as exc:  # one replica's failure must not stop the revert of the others
                 log.error("sync %s: could not restore versions %s on %s: %s", plan.model, versions, t.url, exc)
                 outcome.record(StepRecord("revert", ok=False, triton=t.url, reason=str(exc)))
             else:

@@ -258,6 +258,7 @@ class FakeMlflow:
         self.aliases: dict[str, str] = {}
         self.version_tags: dict[str, dict[str, str]] = {}
         self.model_tags: dict[str, str] = {}
+        self.tag_writes = 0
 
     def get_registered_model(self, name: str) -> Any:
         return SimpleNamespace(aliases=dict(self.aliases), tags=dict(self.model_tags))
@@ -266,6 +267,7 @@ class FakeMlflow:
         return SimpleNamespace(run_id=f"run{version}", tags=dict(self.version_tags.get(version, {})))
 
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.tag_writes += 1
         self.version_tags.setdefault(version, {})[key] = value
 
     def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
@@ -280,6 +282,8 @@ class FakeTriton:
         self.loaded: set[int] = set()
         self.loads = 0
         self.smoke_error = 0.0
+        self.smoke_raises: BaseException | None = None
+        self.smokes: list[int] = []
         self.fail_load = False
 
     def load(self, model: str) -> None:
@@ -298,6 +302,9 @@ class FakeTriton:
     def smoke_test(self, model: str, version: int, schema: ModelSchema, reference: Reference) -> float:
         from deployer.triton_control import TritonControlError
 
+        self.smokes.append(version)
+        if self.smoke_raises is not None:
+            raise self.smoke_raises
         if self.smoke_error > reference.tolerance:
             raise TritonControlError(f"{model} v{version} on {self.url} differs from its reference outputs")
         return self.smoke_error
@@ -389,3 +396,124 @@ def test_a_failed_load_marks_the_new_version_and_reloads_the_old_set_everywhere(
     written = Routing.read(controller.root / MODEL)
     assert written is not None and written.champion == 1
     assert "versions: [ 1 ]" in (controller.root / MODEL / "config.pbtxt").read_text()
+
+
+# -- issue 14: a version is routed only after its smoke test passed on every replica ---------------
+
+
+def steps_of(outcome: Any) -> list[tuple[str, bool, int | None, str | None]]:
+    return [(s.step, s.ok, s.version, s.triton) for s in outcome.steps]
+
+
+def test_a_smoke_step_that_raises_any_exception_reverts_and_the_next_pass_tests_before_routing(
+    controller: Any,
+) -> None:
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "1", "challenger": "2"}
+    controller._tritons["b:2"].smoke_raises = ValueError("cannot reshape array")  # not a TritonControlError
+    outcome = controller.run_once([MODEL])[0]
+    assert outcome.error is not None and "ValueError: cannot reshape array" in outcome.error
+    assert [s.step for s in outcome.steps[-2:]] == ["revert", "revert"]
+    assert "versions: [ 1 ]" in (controller.root / MODEL / "config.pbtxt").read_text()
+    assert all(t.loaded == {1} for t in controller._tritons.values())
+    assert controller.client.version_tags["2"][SYNC_STATUS_TAG] == "failed: ValueError: cannot reshape array"
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.challenger is None
+
+    controller._tritons["b:2"].smoke_raises = None
+    controller.clock = lambda: 1e9  # past the failure's backoff
+    again = controller.run_once([MODEL])[0]
+    assert again.error is None
+    assert steps_of(again)[-3:] == [("smoke", True, 2, "a:1"), ("smoke", True, 2, "b:2"), ("route", True, None, None)]
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.challenger == 2
+
+
+def test_a_controller_killed_between_load_and_smoke_leaves_a_version_the_next_controller_tests(
+    controller: Any,
+) -> None:
+    from deployer.sync import SyncController
+
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "2"}
+    controller._tritons["a:1"].smoke_raises = KeyboardInterrupt()  # the process dies in the smoke step
+    with pytest.raises(KeyboardInterrupt):
+        controller.run_once([MODEL])
+    assert all(t.loaded == {1, 2} for t in controller._tritons.values())  # loaded, never tested
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.champion == 1
+
+    restarted = SyncController(controller.settings)
+    restarted.client, restarted._tritons = controller.client, controller._tritons
+    controller._tritons["a:1"].smoke_raises = None
+    controller._tritons["b:2"].smoke_error = 1.0  # v2 is in fact wrong on b:2
+    outcome = restarted.run_once([MODEL])[0]
+    assert ("smoke", False, 2, "b:2") in steps_of(outcome)
+    assert not any(s.step == "route" for s in outcome.steps)
+    written = Routing.read(restarted.root / MODEL)
+    assert written is not None and written.champion == 1, "v2 was routed without a passing smoke test"
+
+    controller._tritons["b:2"].smoke_error = 0.0
+    restarted.clock = lambda: 1e9
+    outcome = restarted.run_once([MODEL])[0]
+    assert outcome.error is None and outcome.smoke_passed(2, ["a:1", "b:2"])
+    written = Routing.read(restarted.root / MODEL)
+    assert written is not None and (written.champion, written.previous_champion) == (2, 1)
+
+
+# -- issue 14: a failed version backs off instead of being reloaded every pass ----------------------
+
+
+def test_a_failed_version_is_not_reloaded_nor_retagged_every_pass_until_its_backoff_ends(controller: Any) -> None:
+    now = [1000.0]
+    controller.clock = lambda: now[0]
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "2"}
+    controller.client.version_tags["2"] = {FORCE_TAG: "true"}
+    controller._tritons["a:1"].fail_load = True
+    first = controller.run_once([MODEL])[0]
+    assert first.error == "Triton at a:1 failed to load m: boom"
+    loads, writes = controller._tritons["a:1"].loads, controller.client.tag_writes
+
+    for _ in range(5):
+        now[0] += 5
+        held = controller.run_once([MODEL])[0]
+        assert held.error is not None and "retried in" in held.error and "boom" in held.error
+        assert not any(s.step in ("load", "smoke", "revert") for s in held.steps)
+    assert (controller._tritons["a:1"].loads, controller.client.tag_writes) == (loads, writes)
+
+    now[0] = 1000.0 + 31  # past the first backoff (30 s): one retry, which fails the same way
+    retried = controller.run_once([MODEL])[0]
+    assert retried.error == "Triton at a:1 failed to load m: boom"
+    assert controller._tritons["a:1"].loads > loads
+    assert controller.client.tag_writes == writes, "the same failure is not tagged again"
+    loads = controller._tritons["a:1"].loads
+    now[0] += 59  # the second backoff is 60 s
+    assert "retried in" in (controller.run_once([MODEL])[0].error or "")
+    assert controller._tritons["a:1"].loads == loads
+
+    controller._tritons["a:1"].fail_load = False
+    controller.client.aliases = {"champion": "1", "challenger": "2"}  # the alias moved: retried at once
+    moved = controller.run_once([MODEL])[0]
+    assert moved.error is None and moved.smoke_passed(2, ["a:1", "b:2"])
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and (written.champion, written.challenger) == (1, 2)
+
+
+def test_a_failed_version_is_retried_at_once_when_its_bundle_changes(controller: Any) -> None:
+    import os
+
+    controller.clock = lambda: 0.0
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "1", "challenger": "2"}
+    controller._tritons["b:2"].smoke_error = 1.0
+    assert "differs" in (controller.run_once([MODEL])[0].error or "")
+    assert "retried in" in (controller.run_once([MODEL])[0].error or "")
+    controller._tritons["b:2"].smoke_error = 0.0
+    manifest = controller.root / MODEL / "2" / "manifest.json"
+    os.utime(manifest, ns=(1, 1))  # the bundle was rebuilt
+    assert controller.run_once([MODEL])[0].error is None
