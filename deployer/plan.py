@@ -140,13 +140,18 @@ def gate(
 ) -> GateVerdict:
     """The promotion gates of ``version`` of ``model`` as ``alias`` against the live champion of ``routing``.
 
-    A version tagged ``modelops.force=true`` skips them; a champion may need a passing load test;
-    the schema must not break the live contract; a new champion's quality metric must not be
-    worse than the live champion's beyond the margin (not checked for challengers, which are for
-    comparing, nor for a rollback to the previous champion, which already served).
+    A version tagged ``modelops.force=true`` skips them (once: the controller removes the tag when
+    it serves the version); a rollback to the previous champion skips them too, since it served
+    as champion before the live one and must always be possible (the live champion may have
+    added a field the rollback target lacks); a champion may need a passing load test; the
+    schema must not break the live contract; a new champion's quality metric must not be worse
+    than the live champion's beyond the margin (not checked for challengers, which are for
+    comparing).
     """
     if tags.get(FORCE_TAG) == "true":
         return GateVerdict(alias, version, forced=True)
+    if alias == CHAMPION and routing.champion is not None and routing.previous_champion == version:
+        return GateVerdict(alias, version)
     if settings.require_load_test and alias == CHAMPION and tags.get(LOADTEST_STATUS_TAG) != "passed":
         return GateVerdict(
             alias,
@@ -161,7 +166,7 @@ def gate(
     problems = breaking_changes(live_bundle.schema, candidate.schema)
     if problems:
         return GateVerdict(alias, version, "schema would break the live contract: " + "; ".join(problems))
-    if alias != CHAMPION or routing.previous_champion == version:
+    if alias != CHAMPION:
         return GateVerdict(alias, version)
     metric = candidate.schema.quality_metric
     old = live_bundle.manifest.metrics.get(metric.name)

@@ -54,7 +54,7 @@ from deployer.triton_control import TritonControl, TritonControlError
 from modelspec import Routing
 from modelspec.bundle import utc_now
 from modelspec.repository import check_model_name, is_complete, materialize_version, version_dir, write_config
-from modelspec.tags import BUNDLE_ARTIFACT_PATH, HISTORY_TAG, MANAGED_TAG, SYNC_STATUS_TAG
+from modelspec.tags import BUNDLE_ARTIFACT_PATH, FORCE_TAG, HISTORY_TAG, MANAGED_TAG, SYNC_STATUS_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -416,6 +416,9 @@ class SyncController:
         for v in plan.new_versions:
             self._failures.pop((model, v), None)
             self._mark(model, v, "serving")
+        for verdict in plan.verdicts:
+            if verdict.forced:
+                self._consume_force(model, verdict.version, verdict.alias, new_routing.updated_at)
         log.info(
             "sync %s: champion v%s, challenger v%s, previous v%s", model, plan.champion, plan.challenger, plan.previous
         )
@@ -464,6 +467,16 @@ class SyncController:
             self.client.set_model_version_tag(model, str(version), SYNC_STATUS_TAG, status[:4000])
         except Exception as exc:  # the registry may be down; the log line still says it
             log.warning("could not tag %s v%d with %r: %s", model, version, status, exc)
+
+    def _consume_force(self, model: str, version: int, alias: str, when: str | None) -> None:
+        """Remove the force tag of a version now served: a force is for one promotion, not every later gate."""
+        try:
+            self.client.delete_model_version_tag(model, str(version), FORCE_TAG)
+        except Exception as exc:  # the tag then skips the gates once more, the next time the version is gated
+            log.warning("could not remove %s from %s v%d: %s", FORCE_TAG, model, version, exc)
+            return
+        self._mark(model, version, f"serving (forced past the gates as {alias} at {when})")
+        log.info("sync %s: v%d served as %s; its force tag is consumed", model, version, alias)
 
     def _record_history(self, model: str, champion: int) -> None:
         try:

@@ -199,6 +199,21 @@ def test_rollback_to_the_previous_champion_skips_the_quality_gate() -> None:
     assert new is not None and (new.champion, new.previous_champion) == (1, 2)
 
 
+def test_rollback_to_the_previous_champion_passes_every_gate_even_against_a_champion_that_added_a_field() -> None:
+    # issue 14 item 4: v2 added a nullable input; going back to v1 "drops" it, which the schema gate
+    # calls breaking when v1 is gated against the live v2. A rollback must always work.
+    v2 = bundle(2)
+    added = NumericFeature(name="z", minimum=0, maximum=1, example=0.5, nullable=True)
+    v2.schema = v2.schema.model_copy(update={"features": [*v2.schema.features, added]})
+    strict = PlanSettings(options=OPTIONS, require_load_test=True)  # v1 has no load-test tag either
+    p = plan(routed(2, previous=1), {"champion": 1}, {1: bundle(1, rmse=2.0), 2: v2}, settings=strict)
+    assert [(v.version, v.passed) for v in p.verdicts] == [(1, True)]
+    assert (p.champion, p.previous) == (1, 2)
+    # Any other version is still gated against the live champion.
+    p = plan(routed(2, previous=1), {"champion": 3}, {1: bundle(1), 2: v2, 3: bundle(3)})
+    assert p.blocked and "schema would break the live contract" in (p.blocked[0].reason or "")
+
+
 def test_changed_serving_options_need_a_reload_and_are_routed_after_it() -> None:
     current = routed(1)
     bigger = PlanSettings(options=ServingOptions(max_batch_size=32))
@@ -269,6 +284,9 @@ class FakeMlflow:
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         self.tag_writes += 1
         self.version_tags.setdefault(version, {})[key] = value
+
+    def delete_model_version_tag(self, name: str, version: str, key: str) -> None:
+        self.version_tags.get(version, {}).pop(key, None)
 
     def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
         self.model_tags[key] = value
@@ -517,3 +535,27 @@ def test_a_failed_version_is_retried_at_once_when_its_bundle_changes(controller:
     manifest = controller.root / MODEL / "2" / "manifest.json"
     os.utime(manifest, ns=(1, 1))  # the bundle was rebuilt
     assert controller.run_once([MODEL])[0].error is None
+
+
+# -- issue 14: a force is for one promotion -------------------------------------------------------
+
+
+def test_a_force_is_consumed_once_the_forced_version_is_served(controller: Any) -> None:
+    narrowed = bundle(2, rmse=9.0, categories=("a",))  # breaks the contract and is worse
+    (controller.root / MODEL / "2" / "manifest.json").write_text(narrowed.manifest.model_dump_json())
+    (controller.root / MODEL / "2" / "schema.json").write_text(narrowed.schema.model_dump_json())
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "1", "challenger": "2"}
+    controller.client.version_tags["2"] = {FORCE_TAG: "true"}  # `modelops promote --force --alias challenger`
+    forced = controller.run_once([MODEL])[0]
+    assert forced.error is None and forced.steps[0].reason == "forced past the gates"
+    assert FORCE_TAG not in controller.client.version_tags["2"]
+    status = controller.client.version_tags["2"][SYNC_STATUS_TAG]
+    assert status.startswith("serving (forced past the gates as challenger at ")
+
+    controller.client.aliases = {"champion": "2"}  # a later promotion of the same version is gated again
+    again = controller.run_once([MODEL])[0]
+    assert again.error is not None and "schema would break the live contract" in again.error
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.champion == 1
