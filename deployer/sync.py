@@ -87,6 +87,7 @@ class _Failure:
     """(champion, challenger) of the MLflow aliases when it failed: a moved alias is retried at once."""
     reason: str
     attempts: int
+    backoff_s: float
     retry_at: float
     """Monotonic time from which the version may be tried again."""
 
@@ -285,11 +286,11 @@ class SyncController:
             if failure.aliases != aliases or bundle is None or bundle_fingerprint(bundle.folder) != failure.fingerprint:
                 del self._failures[key]
                 continue
-            wait = failure.retry_at - self.clock()
-            if wait > 0:
+            if failure.retry_at > self.clock():
+                # The same words every pass of one backoff: the verdict is logged once per reason.
                 held[v] = (
-                    f"failed its load or smoke test ({failure.reason}); retried in {wait:.0f} s, "
-                    "or at once when its alias moves or its bundle changes"
+                    f"failed its load or smoke test ({failure.reason}); retried {failure.backoff_s:.0f} s after "
+                    f"failure {failure.attempts}, or at once when its alias moves or its bundle changes"
                 )
         return held
 
@@ -302,7 +303,7 @@ class SyncController:
             attempts = old.attempts + 1 if old is not None else 1
             wait = min(self.settings.failure_backoff_s * 2 ** (attempts - 1), self.settings.failure_backoff_max_s)
             fingerprint = bundle_fingerprint(plan.bundles[v].folder)
-            self._failures[(model, v)] = _Failure(fingerprint, aliases, reason, attempts, self.clock() + wait)
+            self._failures[(model, v)] = _Failure(fingerprint, aliases, reason, attempts, wait, self.clock() + wait)
             if old is None or old.reason != reason:
                 self._mark(model, v, f"failed: {reason}")
             log.error("sync %s: v%d failed (attempt %d); next try in %.0f s: %s", model, v, attempts, wait, reason)
@@ -327,9 +328,9 @@ class SyncController:
                 continue
             if self._blocked.get(key) != verdict.reason:
                 self._blocked[key] = verdict.reason
-                if not verdict.held:  # a held version's tag already says why it failed
+                if not verdict.held:  # a held version's tag and metric already say why it failed
                     self._mark(model, v, f"blocked: {verdict.reason}")
-                self.metrics.errors.labels(model, "gate").inc()
+                    self.metrics.errors.labels(model, "gate").inc()
                 log.error("sync %s: version %d not served as %s: %s", model, v, alias, verdict.reason)
             outcome.record(StepRecord("gate", ok=False, version=v, reason=verdict.reason))
             outcome.error = f"v{v} as {alias}: {verdict.reason}"

@@ -142,6 +142,41 @@ def test_worse_quality_keeps_the_old_champion_and_says_why() -> None:
     assert not plan(routed(2), {"champion": 3}, {2: bundle(2), 3: bundle(3, rmse=1.04)}).blocked
 
 
+@pytest.mark.parametrize(
+    ("greater_is_better", "new", "blocked"),
+    [
+        # Live champion at 20: 5 % is 1.0 either way, exactly representable (the boundary is inclusive).
+        (False, 21.0, False),
+        (False, 21.001, True),
+        (False, 20.5, False),
+        (True, 19.0, False),
+        (True, 18.999, True),
+        (True, 25.0, False),
+    ],
+)
+def test_the_quality_margin_is_relative_and_inclusive_at_its_boundary(
+    greater_is_better: bool, new: float, blocked: bool
+) -> None:
+    # A live metric of 20 tells a relative margin (1.0) from an absolute one (0.05) and from one
+    # taken relative to the candidate (21 * 0.05 = 1.05).
+    def scored(version: int, value: float) -> VersionBundle:
+        b = bundle(version, rmse=value)
+        metric = b.schema.quality_metric.model_copy(update={"greater_is_better": greater_is_better})
+        b.schema = b.schema.model_copy(update={"quality_metric": metric})
+        return b
+
+    p = plan(routed(1), {"champion": 2}, {1: scored(1, 20.0), 2: scored(2, new)})
+    assert bool(p.blocked) is blocked, p.verdicts
+    assert p.champion == (1 if blocked else 2)
+
+
+def test_the_quality_margin_comes_from_the_settings() -> None:
+    bundles = {1: bundle(1, rmse=20.0), 2: bundle(2, rmse=24.0)}
+    assert plan(routed(1), {"champion": 2}, bundles).blocked
+    wide = PlanSettings(options=OPTIONS, quality_margin=0.25)
+    assert not plan(routed(1), {"champion": 2}, bundles, settings=wide).blocked
+
+
 def test_a_breaking_schema_blocks_a_champion_and_a_challenger() -> None:
     narrowed = bundle(2, rmse=0.5, categories=("a",))
     p = plan(routed(1), {"champion": 2}, {1: bundle(1), 2: narrowed})
@@ -499,7 +534,7 @@ def test_a_failed_version_is_not_reloaded_nor_retagged_every_pass_until_its_back
     for _ in range(5):
         now[0] += 5
         held = controller.run_once([MODEL])[0]
-        assert held.error is not None and "retried in" in held.error and "boom" in held.error
+        assert held.error is not None and "retried 30 s after failure 1" in held.error and "boom" in held.error
         assert not any(s.step in ("load", "smoke", "revert") for s in held.steps)
     assert (controller._tritons["a:1"].loads, controller.client.tag_writes) == (loads, writes)
 
@@ -510,7 +545,7 @@ def test_a_failed_version_is_not_reloaded_nor_retagged_every_pass_until_its_back
     assert controller.client.tag_writes == writes, "the same failure is not tagged again"
     loads = controller._tritons["a:1"].loads
     now[0] += 59  # the second backoff is 60 s
-    assert "retried in" in (controller.run_once([MODEL])[0].error or "")
+    assert "retried 60 s after failure 2" in (controller.run_once([MODEL])[0].error or "")
     assert controller._tritons["a:1"].loads == loads
 
     controller._tritons["a:1"].fail_load = False
@@ -530,7 +565,7 @@ def test_a_failed_version_is_retried_at_once_when_its_bundle_changes(controller:
     controller.client.aliases = {"champion": "1", "challenger": "2"}
     controller._tritons["b:2"].smoke_error = 1.0
     assert "differs" in (controller.run_once([MODEL])[0].error or "")
-    assert "retried in" in (controller.run_once([MODEL])[0].error or "")
+    assert "retried 30 s after failure 1" in (controller.run_once([MODEL])[0].error or "")
     controller._tritons["b:2"].smoke_error = 0.0
     manifest = controller.root / MODEL / "2" / "manifest.json"
     os.utime(manifest, ns=(1, 1))  # the bundle was rebuilt
@@ -558,4 +593,37 @@ def test_a_force_is_consumed_once_the_forced_version_is_served(controller: Any) 
     again = controller.run_once([MODEL])[0]
     assert again.error is not None and "schema would break the live contract" in again.error
     written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.champion == 1
+
+
+# -- issue 14 item 16: the gates through the controller's own settings ------------------------------
+
+
+def test_require_load_test_from_the_environment_blocks_a_champion_until_a_load_test_passed(
+    controller: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployer.settings import RegistrySettings
+    from deployer.sync import SyncController
+
+    monkeypatch.setenv("MODELOPS_REGISTRY_REQUIRE_LOAD_TEST", "true")
+    monkeypatch.setenv("MODELOPS_REGISTRY_QUALITY_MARGIN", "0.25")
+    settings = RegistrySettings(
+        tracking_uri="http://127.0.0.1:9", model_repository=controller.root, triton_url="a:1,b:2", gpu="no"
+    )
+    assert settings.require_load_test and settings.quality_margin == 0.25
+    strict = SyncController(settings)
+    strict.client, strict._tritons = controller.client, controller._tritons
+    strict.client.aliases = {"champion": "1"}
+    blocked = strict.run_once([MODEL])[0]
+    assert blocked.error is not None and "no passing load test recorded" in blocked.error
+    assert "modelops bench --model m --version 1" in blocked.error
+    assert Routing.read(strict.root / MODEL) is None and all(t.loads == 0 for t in strict._tritons.values())
+    assert strict.client.version_tags["1"][SYNC_STATUS_TAG].startswith("blocked: no passing load test")
+
+    strict.client.version_tags["1"][LOADTEST_STATUS_TAG] = "failed"
+    assert "loadtest_status=failed" in (strict.run_once([MODEL])[0].error or "")
+    strict.client.version_tags["1"][LOADTEST_STATUS_TAG] = "passed"
+    served = strict.run_once([MODEL])[0]
+    assert served.error is None and served.smoke_passed(1, ["a:1", "b:2"])
+    written = Routing.read(strict.root / MODEL)
     assert written is not None and written.champion == 1
