@@ -101,6 +101,23 @@ def wanted_from_aliases(routing: Routing, aliases: Mapping[str, int]) -> Wanted 
     return Wanted(champion=champion, challenger=challenger, previous=previous, gated=tuple(gated))
 
 
+def rollback_target(history: Iterable[int], champion_alias: int | None, routing: Routing | None) -> int | None:
+    """The version ``modelops rollback`` moves the champion alias to; None when there is none.
+
+    The champion before the one the alias names now, from MLflow's champion history (the
+    champions the sync controller served, oldest first). The alias, not ``routing.json``, says
+    what is champion: a promotion the controller has not applied yet is the one rolled back, so
+    the champion goes back one version, not two. ``routing.json``'s previous champion is the
+    answer only when the history holds no other version (a model served before it was kept).
+    """
+    earlier = [v for v in history if v != champion_alias]
+    if earlier:
+        return earlier[-1]
+    if routing is not None and routing.previous_champion not in (None, champion_alias):
+        return routing.previous_champion
+    return None
+
+
 @dataclass(frozen=True)
 class PlanSettings:
     """The settings a plan depends on (from :class:`deployer.settings.RegistrySettings`)."""

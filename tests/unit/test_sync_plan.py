@@ -21,6 +21,7 @@ from deployer.plan import (
     VersionBundle,
     Wanted,
     plan_pass,
+    rollback_target,
     wanted_from_aliases,
 )
 from modelspec import (
@@ -247,6 +248,17 @@ def test_rollback_to_the_previous_champion_passes_every_gate_even_against_a_cham
     # Any other version is still gated against the live champion.
     p = plan(routed(2, previous=1), {"champion": 3}, {1: bundle(1), 2: v2, 3: bundle(3)})
     assert p.blocked and "schema would break the live contract" in (p.blocked[0].reason or "")
+
+
+def test_rollback_takes_its_target_from_the_champion_history_not_from_routing() -> None:
+    # issue 14 item 7: v3 promoted (alias moved) but not applied yet: routing.json still says 2,
+    # previous 1. Rolling back undoes the promotion of v3 (-> 2), it does not go back two (-> 1).
+    assert rollback_target([1, 2], 3, routed(2, previous=1)) == 2
+    assert rollback_target([1, 2, 3], 3, routed(3, previous=2)) == 2  # applied: one back
+    assert rollback_target([1, 2, 3, 2], 2, routed(2, previous=3)) == 3  # a rollback undone by another
+    assert rollback_target([], 2, routed(2, previous=1)) == 1  # no history kept yet: routing.json
+    assert rollback_target([2], 2, routed(2)) is None
+    assert rollback_target([], None, None) is None
 
 
 def test_changed_serving_options_need_a_reload_and_are_routed_after_it() -> None:
@@ -627,3 +639,27 @@ def test_require_load_test_from_the_environment_blocks_a_champion_until_a_load_t
     assert served.error is None and served.smoke_passed(1, ["a:1", "b:2"])
     written = Routing.read(strict.root / MODEL)
     assert written is not None and written.champion == 1
+
+
+def test_modelops_rollback_undoes_a_promotion_the_controller_has_not_applied_yet(
+    controller: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import mlflow
+
+    from modelops.cli import main
+    from modelspec.tags import HISTORY_TAG
+
+    fake = controller.client
+    fake.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    fake.aliases = {"champion": "2"}
+    controller.run_once([MODEL])
+    assert json.loads(fake.model_tags[HISTORY_TAG]) == [1, 2]
+    fake.aliases = {"champion": "3"}  # promoted; sync has not applied it (routing.json: 2, previous 1)
+    fake.set_registered_model_alias = lambda name, alias, version: fake.aliases.__setitem__(alias, version)
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda *a, **k: fake)
+    monkeypatch.setenv("MODELOPS_STACK_MODEL_REPOSITORY", str(controller.root))
+    assert main(["rollback", MODEL, "--wait", "0"]) == 0
+    assert fake.aliases["champion"] == "2", "rollback went back two versions"
