@@ -243,13 +243,17 @@ class SyncPlan:
         return self.champion is not None and self.champion != self.current.champion
 
     def needs_load(self, config_changed: bool, ready_per_triton: Iterable[set[int]]) -> bool:
-        """Whether Triton must (re)load the model: a new config, or a replica lacks a kept version.
+        """Whether Triton must (re)load the model: new config or serving options, or a replica lacks a version.
 
-        ``ready_per_triton`` is consumed lazily and only when the config is unchanged, so the
-        caller can pass a generator that asks each replica in turn.
+        A config file unchanged on disk does not say Triton loaded it: a pass may have written it and
+        stopped before the load. So serving options that differ from those ``routing.json``
+        recorded (what Triton was last seen to load) need a load too, before they are routed.
+        ``ready_per_triton`` is consumed lazily and only when neither changed, so the caller can
+        pass a generator that asks each replica in turn.
         """
         keep = set(self.keep)
-        return config_changed or any(keep - ready for ready in ready_per_triton)
+        options_changed = self.current.serving != self.options
+        return config_changed or options_changed or any(keep - ready for ready in ready_per_triton)
 
     def routing_at(self, now: str) -> Routing | None:
         """The ``routing.json`` to write at ``now`` once the plan's steps passed; None when it stays as it is."""

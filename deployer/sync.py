@@ -150,6 +150,9 @@ class SyncController:
         # (model, version) -> its last failed load or smoke test (issue 14, item 5): without it a
         # broken version is reloaded into every Triton, and tagged in MLflow, on every pass.
         self._failures: dict[tuple[str, int], _Failure] = {}
+        # model -> the failed load of a config that brings no new version (new serving options, a
+        # replica to refill): keyed by the config text, with the same backoff.
+        self._config_failures: dict[str, tuple[str, _Failure]] = {}
         self.clock: Callable[[], float] = time.monotonic
 
     # -- discovery ---------------------------------------------------------------------------
@@ -308,6 +311,17 @@ class SyncController:
                 self._mark(model, v, f"failed: {reason}")
             log.error("sync %s: v%d failed (attempt %d); next try in %.0f s: %s", model, v, attempts, wait, reason)
 
+    def _remember_config_failure(self, plan: SyncPlan, reason: str) -> None:
+        """Remember that loading ``plan.config`` (no new version in it) failed, and when to try it again."""
+        assert plan.config is not None
+        old = self._config_failures.get(plan.model)
+        attempts = old[1].attempts + 1 if old is not None and old[0] == plan.config else 1
+        wait = min(self.settings.failure_backoff_s * 2 ** (attempts - 1), self.settings.failure_backoff_max_s)
+        aliases = (plan.wanted.champion, plan.wanted.challenger)
+        failure = _Failure("", aliases, reason, attempts, wait, self.clock() + wait)
+        self._config_failures[plan.model] = (plan.config, failure)
+        log.error("sync %s: load failed (attempt %d); next try in %.0f s: %s", plan.model, attempts, wait, reason)
+
     def _version_tags(self, model: str, version: int) -> dict[str, str]:
         return dict(self.client.get_model_version(model, str(version)).tags or {})
 
@@ -339,6 +353,17 @@ class SyncController:
         """Write the config, load it where needed and smoke-test the new versions; False after a revert."""
         model = plan.model
         assert plan.config is not None  # a plan with a champion has a config
+        held = self._config_failures.get(model)
+        aliases = (plan.wanted.champion, plan.wanted.challenger)
+        if held is not None and (held[0] != plan.config or held[1].aliases != aliases or plan.new_versions):
+            del self._config_failures[model]
+        elif held is not None and held[1].retry_at > self.clock():
+            failure = held[1]
+            outcome.error = (
+                f"loading {model} failed ({failure.reason}); retried {failure.backoff_s:.0f} s after failure "
+                f"{failure.attempts}, or at once when the config or the aliases change"
+            )
+            return False
         config_changed = write_config(self.root, model, plan.config)
         outcome.record(StepRecord("config", ok=True, reason="rewritten" if config_changed else "unchanged"))
         needs_load = plan.needs_load(config_changed, (t.ready_versions(model) for t in tritons))
@@ -358,12 +383,16 @@ class SyncController:
             # handling, an unreadable reference.json) fails the new versions and reverts.
             reason = str(exc) if isinstance(exc, TritonControlError) else f"{type(exc).__name__}: {exc}"
             failed_smoke = [s.version for s in outcome.steps if s.step == "smoke" and not s.ok and s.version]
-            self._remember_failure(plan, failed_smoke[-1:] or plan.new_versions, reason)
+            if plan.new_versions:
+                self._remember_failure(plan, failed_smoke[-1:] or plan.new_versions, reason)
+            else:
+                self._remember_config_failure(plan, reason)
             self.metrics.errors.labels(model, "load_or_smoke").inc()
             log.error("sync %s: %s; reverting to versions %s", model, reason, plan.current.loaded_versions())
             self._revert(plan, outcome)
             outcome.error = reason
             return False
+        self._config_failures.pop(model, None)
         outcome.changed = True
         return True
 

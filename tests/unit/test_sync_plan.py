@@ -276,8 +276,12 @@ def test_changed_serving_options_need_a_reload_and_are_routed_after_it() -> None
         yield set()
 
     assert p.needs_load(True, ready())
-    assert not p.needs_load(False, iter([{1}, {1, 7}]))
-    assert p.needs_load(False, iter([{1}, set()]))
+    # A config already on disk with the new options (written by a pass that stopped before its
+    # load) still needs the load: routing.json says Triton was last seen with the old options.
+    assert p.needs_load(False, ready())
+    same = plan(current, {"champion": 1}, {1: bundle(1)})
+    assert not same.needs_load(False, iter([{1}, {1, 7}]))
+    assert same.needs_load(False, iter([{1}, set()]))
 
 
 def test_routing_written_before_serving_options_were_recorded_is_rewritten_once() -> None:
@@ -350,10 +354,13 @@ class FakeTriton:
         self.smoke_raises: BaseException | None = None
         self.smokes: list[int] = []
         self.fail_load = False
+        self.load_raises: BaseException | None = None
 
     def load(self, model: str) -> None:
         from deployer.triton_control import TritonControlError
 
+        if self.load_raises is not None:
+            raise self.load_raises
         self.loads += 1
         text = (self.root / model / "config.pbtxt").read_text()
         versions = text.split("versions: [ ")[1].split(" ]")[0]
@@ -663,3 +670,48 @@ def test_modelops_rollback_undoes_a_promotion_the_controller_has_not_applied_yet
     monkeypatch.setenv("MODELOPS_STACK_MODEL_REPOSITORY", str(controller.root))
     assert main(["rollback", MODEL, "--wait", "0"]) == 0
     assert fake.aliases["champion"] == "2", "rollback went back two versions"
+
+
+def test_new_serving_options_written_by_a_pass_killed_before_its_load_are_loaded_before_they_are_routed(
+    controller: Any,
+) -> None:
+    from deployer.sync import SyncController
+
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    smaller = ServingOptions(max_batch_size=32)
+    controller.options = smaller
+    controller._tritons["a:1"].load_raises = KeyboardInterrupt()  # killed after writing config.pbtxt
+    with pytest.raises(KeyboardInterrupt):
+        controller.run_once([MODEL])
+    assert "max_batch_size: 32" in (controller.root / MODEL / "config.pbtxt").read_text()
+    controller._tritons["a:1"].load_raises = None
+    loads = {url: t.loads for url, t in controller._tritons.items()}
+
+    restarted = SyncController(controller.settings)
+    restarted.client, restarted._tritons, restarted.options = controller.client, controller._tritons, smaller
+    outcome = restarted.run_once([MODEL])[0]
+    assert outcome.error is None
+    assert [s.step for s in outcome.steps][:3] == ["config", "load", "load"], "routed options Triton never loaded"
+    assert all(t.loads == loads[url] + 1 for url, t in restarted._tritons.items())
+    written = Routing.read(restarted.root / MODEL)
+    assert written is not None and written.serving == smaller
+
+
+def test_a_failed_load_without_a_new_version_backs_off_too(controller: Any) -> None:
+    now = [0.0]
+    controller.clock = lambda: now[0]
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.options = ServingOptions(max_batch_size=32)
+    controller._tritons["a:1"].fail_load = True
+    assert controller.run_once([MODEL])[0].error == "Triton at a:1 failed to load m: boom"
+    loads = controller._tritons["b:2"].loads
+    held = controller.run_once([MODEL])[0]
+    assert held.error is not None and "retried 30 s after failure 1" in held.error
+    assert controller._tritons["b:2"].loads == loads and held.steps == []
+    now[0] = 31.0
+    controller._tritons["a:1"].fail_load = False
+    assert controller.run_once([MODEL])[0].error is None
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.serving == controller.options
