@@ -101,6 +101,23 @@ def wanted_from_aliases(routing: Routing, aliases: Mapping[str, int]) -> Wanted 
     return Wanted(champion=champion, challenger=challenger, previous=previous, gated=tuple(gated))
 
 
+def rollback_target(history: Iterable[int], champion_alias: int | None, routing: Routing | None) -> int | None:
+    """The version ``modelops rollback`` moves the champion alias to; None when there is none.
+
+    The champion before the one the alias names now, from MLflow's champion history (the
+    champions the sync controller served, oldest first). The alias, not ``routing.json``, says
+    what is champion: a promotion the controller has not applied yet is the one rolled back, so
+    the champion goes back one version, not two. ``routing.json``'s previous champion is the
+    answer only when the history holds no other version (a model served before it was kept).
+    """
+    earlier = [v for v in history if v != champion_alias]
+    if earlier:
+        return earlier[-1]
+    if routing is not None and routing.previous_champion not in (None, champion_alias):
+        return routing.previous_champion
+    return None
+
+
 @dataclass(frozen=True)
 class PlanSettings:
     """The settings a plan depends on (from :class:`deployer.settings.RegistrySettings`)."""
@@ -120,6 +137,8 @@ class GateVerdict:
     reason: str | None = None
     """None: the version passed (or was forced past) its gates."""
     forced: bool = False
+    held: bool = False
+    """Held back: the version failed its load or smoke test and waits for its retry (not a gate of its own)."""
 
     @property
     def passed(self) -> bool:
@@ -138,13 +157,18 @@ def gate(
 ) -> GateVerdict:
     """The promotion gates of ``version`` of ``model`` as ``alias`` against the live champion of ``routing``.
 
-    A version tagged ``modelops.force=true`` skips them; a champion may need a passing load test;
-    the schema must not break the live contract; a new champion's quality metric must not be
-    worse than the live champion's beyond the margin (not checked for challengers, which are for
-    comparing, nor for a rollback to the previous champion, which already served).
+    A version tagged ``modelops.force=true`` skips them (once: the controller removes the tag when
+    it serves the version); a rollback to the previous champion skips them too, since it served
+    as champion before the live one and must always be possible (the live champion may have
+    added a field the rollback target lacks); a champion may need a passing load test; the
+    schema must not break the live contract; a new champion's quality metric must not be worse
+    than the live champion's beyond the margin (not checked for challengers, which are for
+    comparing).
     """
     if tags.get(FORCE_TAG) == "true":
         return GateVerdict(alias, version, forced=True)
+    if alias == CHAMPION and routing.champion is not None and routing.previous_champion == version:
+        return GateVerdict(alias, version)
     if settings.require_load_test and alias == CHAMPION and tags.get(LOADTEST_STATUS_TAG) != "passed":
         return GateVerdict(
             alias,
@@ -159,7 +183,7 @@ def gate(
     problems = breaking_changes(live_bundle.schema, candidate.schema)
     if problems:
         return GateVerdict(alias, version, "schema would break the live contract: " + "; ".join(problems))
-    if alias != CHAMPION or routing.previous_champion == version:
+    if alias != CHAMPION:
         return GateVerdict(alias, version)
     metric = candidate.schema.quality_metric
     old = live_bundle.manifest.metrics.get(metric.name)
@@ -219,13 +243,17 @@ class SyncPlan:
         return self.champion is not None and self.champion != self.current.champion
 
     def needs_load(self, config_changed: bool, ready_per_triton: Iterable[set[int]]) -> bool:
-        """Whether Triton must (re)load the model: a new config, or a replica lacks a kept version.
+        """Whether Triton must (re)load the model: new config or serving options, or a replica lacks a version.
 
-        ``ready_per_triton`` is consumed lazily and only when the config is unchanged, so the
-        caller can pass a generator that asks each replica in turn.
+        A config file unchanged on disk does not say Triton loaded it: a pass may have written it and
+        stopped before the load. So serving options that differ from those ``routing.json``
+        recorded (what Triton was last seen to load) need a load too, before they are routed.
+        ``ready_per_triton`` is consumed lazily and only when neither changed, so the caller can
+        pass a generator that asks each replica in turn.
         """
         keep = set(self.keep)
-        return config_changed or any(keep - ready for ready in ready_per_triton)
+        options_changed = self.current.serving != self.options
+        return config_changed or options_changed or any(keep - ready for ready in ready_per_triton)
 
     def routing_at(self, now: str) -> Routing | None:
         """The ``routing.json`` to write at ``now`` once the plan's steps passed; None when it stays as it is."""
@@ -271,6 +299,7 @@ def plan_pass(
     bundles: Mapping[int, VersionBundle],
     tags: Mapping[int, Mapping[str, str]],
     settings: PlanSettings,
+    held_back: Mapping[int, str] | None = None,
 ) -> SyncPlan:
     """Decide one pass of ``model``.
 
@@ -281,6 +310,8 @@ def plan_pass(
         bundles: Version -> bundle: every version of ``wanted`` and those of ``routing`` that are readable.
         tags: Version -> MLflow tags, for each version in ``wanted.gated``.
         settings: Serving options and gate settings.
+        held_back: Version -> why: versions that failed their load or smoke test and are not to be
+            tried again in this pass; each is blocked like a version that failed a gate.
 
     Returns:
         The plan. A version blocked by its gates is replaced by the one its alias serves now.
@@ -293,8 +324,12 @@ def plan_pass(
     champion: int | None = wanted.champion
     challenger, previous = wanted.challenger, wanted.previous
     verdicts: list[GateVerdict] = []
+    held = held_back or {}
     for alias, version in wanted.gated:
-        verdict = gate(model, alias, version, routing, bundles, tags.get(version, {}), settings)
+        if version in held:
+            verdict = GateVerdict(alias, version, held[version], held=True)
+        else:
+            verdict = gate(model, alias, version, routing, bundles, tags.get(version, {}), settings)
         verdicts.append(verdict)
         if verdict.passed:
             continue

@@ -66,6 +66,13 @@ class RegistrySettings(BaseSettings):
     require_load_test: bool = Field(
         False, description="Gate: a new champion needs a passing `modelops bench` recorded on its version."
     )
+    failure_backoff_s: float = Field(
+        30.0,
+        gt=0,
+        description="A version that failed its load or smoke test is retried after this many seconds, doubling "
+        "with each failure up to failure_backoff_max_s; at once when its alias moves or its bundle changes.",
+    )
+    failure_backoff_max_s: float = Field(3600.0, gt=0, description="Longest wait before a failed version is retried.")
     experiment_prefix: str = Field("modelops/", description="Prefix of the MLflow experiment of each model.")
 
     def triton_endpoints(self) -> list[str]:

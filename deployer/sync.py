@@ -18,7 +18,9 @@ For every managed model (registered model tag ``modelops.managed=true``) one pas
 
 A failure at any step leaves the old routing (and the old versions loaded) in place, and
 says why: a log line, the version tag ``modelops.sync_status``, the metric
-``modelops_sync_errors_total`` and ``modelops status``.
+``modelops_sync_errors_total`` and ``modelops status``. A version that failed its load or smoke
+test is held back (its alias keeps what it served) and retried with an exponential backoff, or at
+once when the aliases move or its bundle changes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +54,7 @@ from deployer.triton_control import TritonControl, TritonControlError
 from modelspec import Routing
 from modelspec.bundle import utc_now
 from modelspec.repository import check_model_name, is_complete, materialize_version, version_dir, write_config
-from modelspec.tags import BUNDLE_ARTIFACT_PATH, HISTORY_TAG, MANAGED_TAG, SYNC_STATUS_TAG
+from modelspec.tags import BUNDLE_ARTIFACT_PATH, FORCE_TAG, HISTORY_TAG, MANAGED_TAG, SYNC_STATUS_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -72,6 +75,30 @@ log = logging.getLogger(__name__)
 
 class GateFailed(RuntimeError):
     """A version may not be served: the message says which gate and why."""
+
+
+@dataclass
+class _Failure:
+    """A version's failed load or smoke test, remembered so it is not retried every pass."""
+
+    fingerprint: str
+    """The bundle's files (name, size, mtime) when it failed: a rebuilt bundle is retried at once."""
+    aliases: tuple[int, int | None]
+    """(champion, challenger) of the MLflow aliases when it failed: a moved alias is retried at once."""
+    reason: str
+    attempts: int
+    backoff_s: float
+    retry_at: float
+    """Monotonic time from which the version may be tried again."""
+
+
+def bundle_fingerprint(folder: Path) -> str:
+    """What identifies a version's artifacts on disk: each file's name, size and modification time."""
+    try:
+        entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return ""
+    return json.dumps(entries)
 
 
 class SyncMetrics:
@@ -120,6 +147,13 @@ class SyncController:
         self.healthy = False
         self._lock = threading.Lock()
         self._blocked: dict[tuple[str, str, int], str] = {}  # (model, alias, version) -> reason, logged once
+        # (model, version) -> its last failed load or smoke test (issue 14, item 5): without it a
+        # broken version is reloaded into every Triton, and tagged in MLflow, on every pass.
+        self._failures: dict[tuple[str, int], _Failure] = {}
+        # model -> the failed load of a config that brings no new version (new serving options, a
+        # replica to refill): keyed by the config text, with the same backoff.
+        self._config_failures: dict[str, tuple[str, _Failure]] = {}
+        self.clock: Callable[[], float] = time.monotonic
 
     # -- discovery ---------------------------------------------------------------------------
     @property
@@ -202,13 +236,14 @@ class SyncController:
             outcome.routing = routing
             return outcome
         bundles = self._read_bundles(model, wanted, routing, outcome)
-        tags = {v: self._version_tags(model, v) for v in dict.fromkeys(v for _, v in wanted.gated)}
+        held = self._held_back(model, wanted, bundles)
+        tags = {v: self._version_tags(model, v) for v in dict.fromkeys(v for _, v in wanted.gated) if v not in held}
         settings = PlanSettings(
             options=self.options,
             quality_margin=self.settings.quality_margin,
             require_load_test=self.settings.require_load_test,
         )
-        plan = plan_pass(model, routing, wanted, bundles, tags, settings)
+        plan = plan_pass(model, routing, wanted, bundles, tags, settings, held)
         outcome.plan = plan
         self._apply_verdicts(plan, outcome)
         if plan.champion is None:
@@ -238,6 +273,55 @@ class SyncController:
                     log.debug("sync %s: routed v%d not readable: %s", model, v, exc)
         return bundles
 
+    def _held_back(self, model: str, wanted: Wanted, bundles: dict[int, VersionBundle]) -> dict[int, str]:
+        """Versions that failed a load or smoke test and wait for their retry: version -> why.
+
+        A failure is forgotten when the aliases moved or the version's bundle changed since, so
+        those are tried again at once; otherwise the version waits out its backoff.
+        """
+        aliases = (wanted.champion, wanted.challenger)
+        held: dict[int, str] = {}
+        for key, failure in list(self._failures.items()):
+            if key[0] != model:
+                continue
+            v = key[1]
+            bundle = bundles.get(v)
+            if failure.aliases != aliases or bundle is None or bundle_fingerprint(bundle.folder) != failure.fingerprint:
+                del self._failures[key]
+                continue
+            if failure.retry_at > self.clock():
+                # The same words every pass of one backoff: the verdict is logged once per reason.
+                held[v] = (
+                    f"failed its load or smoke test ({failure.reason}); retried {failure.backoff_s:.0f} s after "
+                    f"failure {failure.attempts}, or at once when its alias moves or its bundle changes"
+                )
+        return held
+
+    def _remember_failure(self, plan: SyncPlan, versions: Iterable[int], reason: str) -> None:
+        """Remember that ``versions`` failed; tag each in MLflow only when its failure reason is new."""
+        model = plan.model
+        aliases = (plan.wanted.champion, plan.wanted.challenger)
+        for v in versions:
+            old = self._failures.get((model, v))
+            attempts = old.attempts + 1 if old is not None else 1
+            wait = min(self.settings.failure_backoff_s * 2 ** (attempts - 1), self.settings.failure_backoff_max_s)
+            fingerprint = bundle_fingerprint(plan.bundles[v].folder)
+            self._failures[(model, v)] = _Failure(fingerprint, aliases, reason, attempts, wait, self.clock() + wait)
+            if old is None or old.reason != reason:
+                self._mark(model, v, f"failed: {reason}")
+            log.error("sync %s: v%d failed (attempt %d); next try in %.0f s: %s", model, v, attempts, wait, reason)
+
+    def _remember_config_failure(self, plan: SyncPlan, reason: str) -> None:
+        """Remember that loading ``plan.config`` (no new version in it) failed, and when to try it again."""
+        assert plan.config is not None
+        old = self._config_failures.get(plan.model)
+        attempts = old[1].attempts + 1 if old is not None and old[0] == plan.config else 1
+        wait = min(self.settings.failure_backoff_s * 2 ** (attempts - 1), self.settings.failure_backoff_max_s)
+        aliases = (plan.wanted.champion, plan.wanted.challenger)
+        failure = _Failure("", aliases, reason, attempts, wait, self.clock() + wait)
+        self._config_failures[plan.model] = (plan.config, failure)
+        log.error("sync %s: load failed (attempt %d); next try in %.0f s: %s", plan.model, attempts, wait, reason)
+
     def _version_tags(self, model: str, version: int) -> dict[str, str]:
         return dict(self.client.get_model_version(model, str(version)).tags or {})
 
@@ -258,8 +342,9 @@ class SyncController:
                 continue
             if self._blocked.get(key) != verdict.reason:
                 self._blocked[key] = verdict.reason
-                self._mark(model, v, f"blocked: {verdict.reason}")
-                self.metrics.errors.labels(model, "gate").inc()
+                if not verdict.held:  # a held version's tag and metric already say why it failed
+                    self._mark(model, v, f"blocked: {verdict.reason}")
+                    self.metrics.errors.labels(model, "gate").inc()
                 log.error("sync %s: version %d not served as %s: %s", model, v, alias, verdict.reason)
             outcome.record(StepRecord("gate", ok=False, version=v, reason=verdict.reason))
             outcome.error = f"v{v} as {alias}: {verdict.reason}"
@@ -268,26 +353,46 @@ class SyncController:
         """Write the config, load it where needed and smoke-test the new versions; False after a revert."""
         model = plan.model
         assert plan.config is not None  # a plan with a champion has a config
+        held = self._config_failures.get(model)
+        aliases = (plan.wanted.champion, plan.wanted.challenger)
+        if held is not None and (held[0] != plan.config or held[1].aliases != aliases or plan.new_versions):
+            del self._config_failures[model]
+        elif held is not None and held[1].retry_at > self.clock():
+            failure = held[1]
+            outcome.error = (
+                f"loading {model} failed ({failure.reason}); retried {failure.backoff_s:.0f} s after failure "
+                f"{failure.attempts}, or at once when the config or the aliases change"
+            )
+            return False
         config_changed = write_config(self.root, model, plan.config)
         outcome.record(StepRecord("config", ok=True, reason="rewritten" if config_changed else "unchanged"))
-        if not plan.needs_load(config_changed, (t.ready_versions(model) for t in tritons)):
-            # A version loaded by an earlier pass that stopped before its smoke test is not tested
-            # again here (issue 14, item 1): the smoke records of this pass say so.
+        needs_load = plan.needs_load(config_changed, (t.ready_versions(model) for t in tritons))
+        if not needs_load and not plan.new_versions:
             return True
         try:
-            for t in tritons:
-                self._load(plan, t, outcome)
+            if needs_load:
+                for t in tritons:
+                    self._load(plan, t, outcome)
+            # Every version routing.json does not serve yet is smoke-tested in this pass, loaded
+            # now or by an earlier pass that stopped (or was killed) before its smoke test passed
+            # (issue 14, item 1): the config being unchanged says nothing about a test.
             for v in plan.new_versions:
                 self._smoke(plan, v, tritons, outcome)
-        except TritonControlError as exc:
-            reason = str(exc)
-            for v in plan.new_versions:
-                self._mark(model, v, f"failed: {reason}")
+        except Exception as exc:
+            # Any exception of a load or smoke step (a client timeout, a ValueError from shape
+            # handling, an unreadable reference.json) fails the new versions and reverts.
+            reason = str(exc) if isinstance(exc, TritonControlError) else f"{type(exc).__name__}: {exc}"
+            failed_smoke = [s.version for s in outcome.steps if s.step == "smoke" and not s.ok and s.version]
+            if plan.new_versions:
+                self._remember_failure(plan, failed_smoke[-1:] or plan.new_versions, reason)
+            else:
+                self._remember_config_failure(plan, reason)
             self.metrics.errors.labels(model, "load_or_smoke").inc()
             log.error("sync %s: %s; reverting to versions %s", model, reason, plan.current.loaded_versions())
             self._revert(plan, outcome)
             outcome.error = reason
             return False
+        self._config_failures.pop(model, None)
         outcome.changed = True
         return True
 
@@ -321,6 +426,13 @@ class SyncController:
     def _route(self, plan: SyncPlan, tritons: list[TritonControl], outcome: SyncOutcome) -> None:
         """Write ``routing.json`` when it changes; tag the new versions ``serving``."""
         model = plan.model
+        urls = [t.url for t in tritons]
+        untested = [v for v in plan.new_versions if not outcome.smoke_passed(v, urls)]
+        if untested:  # _load_and_smoke tests each new version; this guards the invariant itself
+            reason = f"versions {untested} have no passing smoke test on every Triton in this pass"
+            outcome.record(StepRecord("route", ok=False, reason=reason))
+            outcome.error = reason
+            return
         if plan.champion_changed:
             assert plan.champion is not None
             self._record_history(model, plan.champion)
@@ -332,14 +444,15 @@ class SyncController:
         new_routing.write(self.root / model)
         outcome.changed = True
         for v in plan.new_versions:
+            self._failures.pop((model, v), None)
             self._mark(model, v, "serving")
+        for verdict in plan.verdicts:
+            if verdict.forced:
+                self._consume_force(model, verdict.version, verdict.alias, new_routing.updated_at)
         log.info(
             "sync %s: champion v%s, challenger v%s, previous v%s", model, plan.champion, plan.challenger, plan.previous
         )
-        urls = [t.url for t in tritons]
-        untested = [v for v in plan.new_versions if not outcome.smoke_passed(v, urls)]
-        note = f"not smoke-tested in this pass: {untested}" if untested else ""
-        outcome.record(StepRecord("route", ok=True, reason=note))
+        outcome.record(StepRecord("route", ok=True))
         outcome.routing = new_routing
 
     # -- helpers -----------------------------------------------------------------------------
@@ -373,7 +486,7 @@ class SyncController:
         for t in self.tritons:
             try:
                 t.load(plan.model)
-            except TritonControlError as exc:
+            except Exception as exc:  # one replica's failure must not stop the revert of the others
                 log.error("sync %s: could not restore versions %s on %s: %s", plan.model, versions, t.url, exc)
                 outcome.record(StepRecord("revert", ok=False, triton=t.url, reason=str(exc)))
             else:
@@ -384,6 +497,16 @@ class SyncController:
             self.client.set_model_version_tag(model, str(version), SYNC_STATUS_TAG, status[:4000])
         except Exception as exc:  # the registry may be down; the log line still says it
             log.warning("could not tag %s v%d with %r: %s", model, version, status, exc)
+
+    def _consume_force(self, model: str, version: int, alias: str, when: str | None) -> None:
+        """Remove the force tag of a version now served: a force is for one promotion, not every later gate."""
+        try:
+            self.client.delete_model_version_tag(model, str(version), FORCE_TAG)
+        except Exception as exc:  # the tag then skips the gates once more, the next time the version is gated
+            log.warning("could not remove %s from %s v%d: %s", FORCE_TAG, model, version, exc)
+            return
+        self._mark(model, version, f"serving (forced past the gates as {alias} at {when})")
+        log.info("sync %s: v%d served as %s; its force tag is consumed", model, version, alias)
 
     def _record_history(self, model: str, champion: int) -> None:
         try:

@@ -168,11 +168,17 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    """Move champion back to the previous champion (still loaded, so it is instant)."""
+    """Move champion back to the previous champion (still loaded, so it is instant).
+
+    The target comes from MLflow: the champion history before the version the alias names now
+    (:func:`deployer.plan.rollback_target`), so a promotion the sync controller has not applied
+    yet is the one undone.
+    """
     import json as _json
 
     from mlflow import MlflowClient
 
+    from deployer.plan import CHAMPION, rollback_target
     from modelspec import Routing
     from modelspec.repository import check_model_name
     from modelspec.tags import HISTORY_TAG
@@ -180,19 +186,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     rs = _registry_settings(StackSettings())
     model = check_model_name(args.model)
     client = MlflowClient(rs.tracking_uri)
-    routing = Routing.read(rs.model_repository / model)
-    target = routing.previous_champion if routing else None
-    if target is None:
-        # Fall back on the champion history kept on the registered model.
-        history = _json.loads((client.get_registered_model(model).tags or {}).get(HISTORY_TAG, "[]"))
-        current = routing.champion if routing else None
-        earlier = [v for v in history if v != current]
-        target = earlier[-1] if earlier else None
+    rm = client.get_registered_model(model)
+    alias = (rm.aliases or {}).get(CHAMPION)
+    current = int(alias) if alias is not None else None
+    history = [int(v) for v in _json.loads((rm.tags or {}).get(HISTORY_TAG, "[]"))]
+    target = rollback_target(history, current, Routing.read(rs.model_repository / model))
     if target is None:
         log.error("%s has no previous champion to roll back to; promote a version explicitly", model)
         return 1
-    client.set_registered_model_alias(model, "champion", str(target))
-    log.info("%s@champion -> version %d (was %s)", model, target, routing.champion if routing else None)
+    client.set_registered_model_alias(model, CHAMPION, str(target))
+    log.info("%s@champion -> version %d (was %s)", model, target, current)
     return _wait_served(rs.model_repository / model, target, args.wait)
 
 

@@ -110,7 +110,8 @@ def render_config(name: str, schemas: Iterable[ModelSchema], versions: Iterable[
     """Render the ``config.pbtxt`` that serves ``versions`` of model ``name``.
 
     ``schemas`` are those of the versions to serve: the feature axis of an input is fixed when
-    they all agree and variable (-1) when they differ (the embedded backend handles both). For
+    they all agree and variable (-1) when they differ (the embedded backend handles both). The
+    outputs are the union of the versions' outputs. For
     the embedded target the config also names the bundle's files
     (:data:`~modelspec.layout.BACKEND_FILE_PARAMETERS`), which the backend cannot import.
     """
@@ -137,7 +138,10 @@ def render_config(name: str, schemas: Iterable[ModelSchema], versions: Iterable[
     lines.append(f'  {{ name: "{first.numeric_tensor}" data_type: TYPE_FP32 dims: [ {n_num} ] }},')
     lines.append(f'  {{ name: "{first.categorical_tensor}" data_type: TYPE_INT64 dims: [ {n_cat} ] }}')
     lines.append("]")
-    outputs = ",\n".join(f'  {{ name: "{o.name}" data_type: TYPE_FP32 dims: [ 1 ] }}' for o in first.outputs)
+    # Every output any served version returns, each once, in the order the versions name them:
+    # a champion that adds an output must be answerable while an older version stays loaded.
+    output_names = list(dict.fromkeys(o.name for s in schema_list for o in s.outputs))
+    outputs = ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ 1 ] }}' for n in output_names)
     lines += ["output [", outputs, "]"]
     lines.append(f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, version_list))} ] }} }}")
     if opts.dynamic_batching:

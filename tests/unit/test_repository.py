@@ -80,6 +80,15 @@ def test_differing_schemas_get_a_variable_feature_axis() -> None:
     assert 'name: "numeric" data_type: TYPE_FP32 dims: [ -1 ]' in text
 
 
+def test_the_config_declares_the_outputs_of_every_served_version() -> None:
+    # issue 14 item 6: a champion that adds an output beside an older version still loaded.
+    more = SCHEMA.model_copy(update={"outputs": [*SCHEMA.outputs, OutputSpec(name="y_p90")]})
+    for schemas in ([SCHEMA, more], [more, SCHEMA]):
+        text = render_config("m", schemas, [1, 2], ServingOptions())
+        assert text.count('name: "y" data_type') == 1
+        assert 'name: "y_p90" data_type: TYPE_FP32 dims: [ 1 ]' in text
+
+
 def test_invalid_configs_are_refused_with_position() -> None:
     with pytest.raises(ConfigError, match=r"3:1 .*bogus_field"):
         validate_config("name: 'm'\nmax_batch_size: 4\nbogus_field: 1\n")

@@ -21,6 +21,7 @@ from deployer.plan import (
     VersionBundle,
     Wanted,
     plan_pass,
+    rollback_target,
     wanted_from_aliases,
 )
 from modelspec import (
@@ -142,6 +143,41 @@ def test_worse_quality_keeps_the_old_champion_and_says_why() -> None:
     assert not plan(routed(2), {"champion": 3}, {2: bundle(2), 3: bundle(3, rmse=1.04)}).blocked
 
 
+@pytest.mark.parametrize(
+    ("greater_is_better", "new", "blocked"),
+    [
+        # Live champion at 20: 5 % is 1.0 either way, exactly representable (the boundary is inclusive).
+        (False, 21.0, False),
+        (False, 21.001, True),
+        (False, 20.5, False),
+        (True, 19.0, False),
+        (True, 18.999, True),
+        (True, 25.0, False),
+    ],
+)
+def test_the_quality_margin_is_relative_and_inclusive_at_its_boundary(
+    greater_is_better: bool, new: float, blocked: bool
+) -> None:
+    # A live metric of 20 tells a relative margin (1.0) from an absolute one (0.05) and from one
+    # taken relative to the candidate (21 * 0.05 = 1.05).
+    def scored(version: int, value: float) -> VersionBundle:
+        b = bundle(version, rmse=value)
+        metric = b.schema.quality_metric.model_copy(update={"greater_is_better": greater_is_better})
+        b.schema = b.schema.model_copy(update={"quality_metric": metric})
+        return b
+
+    p = plan(routed(1), {"champion": 2}, {1: scored(1, 20.0), 2: scored(2, new)})
+    assert bool(p.blocked) is blocked, p.verdicts
+    assert p.champion == (1 if blocked else 2)
+
+
+def test_the_quality_margin_comes_from_the_settings() -> None:
+    bundles = {1: bundle(1, rmse=20.0), 2: bundle(2, rmse=24.0)}
+    assert plan(routed(1), {"champion": 2}, bundles).blocked
+    wide = PlanSettings(options=OPTIONS, quality_margin=0.25)
+    assert not plan(routed(1), {"champion": 2}, bundles, settings=wide).blocked
+
+
 def test_a_breaking_schema_blocks_a_champion_and_a_challenger() -> None:
     narrowed = bundle(2, rmse=0.5, categories=("a",))
     p = plan(routed(1), {"champion": 2}, {1: bundle(1), 2: narrowed})
@@ -199,6 +235,32 @@ def test_rollback_to_the_previous_champion_skips_the_quality_gate() -> None:
     assert new is not None and (new.champion, new.previous_champion) == (1, 2)
 
 
+def test_rollback_to_the_previous_champion_passes_every_gate_even_against_a_champion_that_added_a_field() -> None:
+    # issue 14 item 4: v2 added a nullable input; going back to v1 "drops" it, which the schema gate
+    # calls breaking when v1 is gated against the live v2. A rollback must always work.
+    v2 = bundle(2)
+    added = NumericFeature(name="z", minimum=0, maximum=1, example=0.5, nullable=True)
+    v2.schema = v2.schema.model_copy(update={"features": [*v2.schema.features, added]})
+    strict = PlanSettings(options=OPTIONS, require_load_test=True)  # v1 has no load-test tag either
+    p = plan(routed(2, previous=1), {"champion": 1}, {1: bundle(1, rmse=2.0), 2: v2}, settings=strict)
+    assert [(v.version, v.passed) for v in p.verdicts] == [(1, True)]
+    assert (p.champion, p.previous) == (1, 2)
+    # Any other version is still gated against the live champion.
+    p = plan(routed(2, previous=1), {"champion": 3}, {1: bundle(1), 2: v2, 3: bundle(3)})
+    assert p.blocked and "schema would break the live contract" in (p.blocked[0].reason or "")
+
+
+def test_rollback_takes_its_target_from_the_champion_history_not_from_routing() -> None:
+    # issue 14 item 7: v3 promoted (alias moved) but not applied yet: routing.json still says 2,
+    # previous 1. Rolling back undoes the promotion of v3 (-> 2), it does not go back two (-> 1).
+    assert rollback_target([1, 2], 3, routed(2, previous=1)) == 2
+    assert rollback_target([1, 2, 3], 3, routed(3, previous=2)) == 2  # applied: one back
+    assert rollback_target([1, 2, 3, 2], 2, routed(2, previous=3)) == 3  # a rollback undone by another
+    assert rollback_target([], 2, routed(2, previous=1)) == 1  # no history kept yet: routing.json
+    assert rollback_target([2], 2, routed(2)) is None
+    assert rollback_target([], None, None) is None
+
+
 def test_changed_serving_options_need_a_reload_and_are_routed_after_it() -> None:
     current = routed(1)
     bigger = PlanSettings(options=ServingOptions(max_batch_size=32))
@@ -214,8 +276,12 @@ def test_changed_serving_options_need_a_reload_and_are_routed_after_it() -> None
         yield set()
 
     assert p.needs_load(True, ready())
-    assert not p.needs_load(False, iter([{1}, {1, 7}]))
-    assert p.needs_load(False, iter([{1}, set()]))
+    # A config already on disk with the new options (written by a pass that stopped before its
+    # load) still needs the load: routing.json says Triton was last seen with the old options.
+    assert p.needs_load(False, ready())
+    same = plan(current, {"champion": 1}, {1: bundle(1)})
+    assert not same.needs_load(False, iter([{1}, {1, 7}]))
+    assert same.needs_load(False, iter([{1}, set()]))
 
 
 def test_routing_written_before_serving_options_were_recorded_is_rewritten_once() -> None:
@@ -258,6 +324,7 @@ class FakeMlflow:
         self.aliases: dict[str, str] = {}
         self.version_tags: dict[str, dict[str, str]] = {}
         self.model_tags: dict[str, str] = {}
+        self.tag_writes = 0
 
     def get_registered_model(self, name: str) -> Any:
         return SimpleNamespace(aliases=dict(self.aliases), tags=dict(self.model_tags))
@@ -266,7 +333,11 @@ class FakeMlflow:
         return SimpleNamespace(run_id=f"run{version}", tags=dict(self.version_tags.get(version, {})))
 
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.tag_writes += 1
         self.version_tags.setdefault(version, {})[key] = value
+
+    def delete_model_version_tag(self, name: str, version: str, key: str) -> None:
+        self.version_tags.get(version, {}).pop(key, None)
 
     def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
         self.model_tags[key] = value
@@ -280,11 +351,16 @@ class FakeTriton:
         self.loaded: set[int] = set()
         self.loads = 0
         self.smoke_error = 0.0
+        self.smoke_raises: BaseException | None = None
+        self.smokes: list[int] = []
         self.fail_load = False
+        self.load_raises: BaseException | None = None
 
     def load(self, model: str) -> None:
         from deployer.triton_control import TritonControlError
 
+        if self.load_raises is not None:
+            raise self.load_raises
         self.loads += 1
         text = (self.root / model / "config.pbtxt").read_text()
         versions = text.split("versions: [ ")[1].split(" ]")[0]
@@ -298,6 +374,9 @@ class FakeTriton:
     def smoke_test(self, model: str, version: int, schema: ModelSchema, reference: Reference) -> float:
         from deployer.triton_control import TritonControlError
 
+        self.smokes.append(version)
+        if self.smoke_raises is not None:
+            raise self.smoke_raises
         if self.smoke_error > reference.tolerance:
             raise TritonControlError(f"{model} v{version} on {self.url} differs from its reference outputs")
         return self.smoke_error
@@ -389,3 +468,250 @@ def test_a_failed_load_marks_the_new_version_and_reloads_the_old_set_everywhere(
     written = Routing.read(controller.root / MODEL)
     assert written is not None and written.champion == 1
     assert "versions: [ 1 ]" in (controller.root / MODEL / "config.pbtxt").read_text()
+
+
+# -- issue 14: a version is routed only after its smoke test passed on every replica ---------------
+
+
+def steps_of(outcome: Any) -> list[tuple[str, bool, int | None, str | None]]:
+    return [(s.step, s.ok, s.version, s.triton) for s in outcome.steps]
+
+
+def test_a_smoke_step_that_raises_any_exception_reverts_and_the_next_pass_tests_before_routing(
+    controller: Any,
+) -> None:
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "1", "challenger": "2"}
+    controller._tritons["b:2"].smoke_raises = ValueError("cannot reshape array")  # not a TritonControlError
+    outcome = controller.run_once([MODEL])[0]
+    assert outcome.error is not None and "ValueError: cannot reshape array" in outcome.error
+    assert [s.step for s in outcome.steps[-2:]] == ["revert", "revert"]
+    assert "versions: [ 1 ]" in (controller.root / MODEL / "config.pbtxt").read_text()
+    assert all(t.loaded == {1} for t in controller._tritons.values())
+    assert controller.client.version_tags["2"][SYNC_STATUS_TAG] == "failed: ValueError: cannot reshape array"
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.challenger is None
+
+    controller._tritons["b:2"].smoke_raises = None
+    controller.clock = lambda: 1e9  # past the failure's backoff
+    again = controller.run_once([MODEL])[0]
+    assert again.error is None
+    assert steps_of(again)[-3:] == [("smoke", True, 2, "a:1"), ("smoke", True, 2, "b:2"), ("route", True, None, None)]
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.challenger == 2
+
+
+def test_a_controller_killed_between_load_and_smoke_leaves_a_version_the_next_controller_tests(
+    controller: Any,
+) -> None:
+    from deployer.sync import SyncController
+
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "2"}
+    controller._tritons["a:1"].smoke_raises = KeyboardInterrupt()  # the process dies in the smoke step
+    with pytest.raises(KeyboardInterrupt):
+        controller.run_once([MODEL])
+    assert all(t.loaded == {1, 2} for t in controller._tritons.values())  # loaded, never tested
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.champion == 1
+
+    restarted = SyncController(controller.settings)
+    restarted.client, restarted._tritons = controller.client, controller._tritons
+    controller._tritons["a:1"].smoke_raises = None
+    controller._tritons["b:2"].smoke_error = 1.0  # v2 is in fact wrong on b:2
+    outcome = restarted.run_once([MODEL])[0]
+    assert ("smoke", False, 2, "b:2") in steps_of(outcome)
+    assert not any(s.step == "route" for s in outcome.steps)
+    written = Routing.read(restarted.root / MODEL)
+    assert written is not None and written.champion == 1, "v2 was routed without a passing smoke test"
+
+    controller._tritons["b:2"].smoke_error = 0.0
+    restarted.clock = lambda: 1e9
+    outcome = restarted.run_once([MODEL])[0]
+    assert outcome.error is None and outcome.smoke_passed(2, ["a:1", "b:2"])
+    written = Routing.read(restarted.root / MODEL)
+    assert written is not None and (written.champion, written.previous_champion) == (2, 1)
+
+
+# -- issue 14: a failed version backs off instead of being reloaded every pass ----------------------
+
+
+def test_a_failed_version_is_not_reloaded_nor_retagged_every_pass_until_its_backoff_ends(controller: Any) -> None:
+    now = [1000.0]
+    controller.clock = lambda: now[0]
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "2"}
+    controller.client.version_tags["2"] = {FORCE_TAG: "true"}
+    controller._tritons["a:1"].fail_load = True
+    first = controller.run_once([MODEL])[0]
+    assert first.error == "Triton at a:1 failed to load m: boom"
+    loads, writes = controller._tritons["a:1"].loads, controller.client.tag_writes
+
+    for _ in range(5):
+        now[0] += 5
+        held = controller.run_once([MODEL])[0]
+        assert held.error is not None and "retried 30 s after failure 1" in held.error and "boom" in held.error
+        assert not any(s.step in ("load", "smoke", "revert") for s in held.steps)
+    assert (controller._tritons["a:1"].loads, controller.client.tag_writes) == (loads, writes)
+
+    now[0] = 1000.0 + 31  # past the first backoff (30 s): one retry, which fails the same way
+    retried = controller.run_once([MODEL])[0]
+    assert retried.error == "Triton at a:1 failed to load m: boom"
+    assert controller._tritons["a:1"].loads > loads
+    assert controller.client.tag_writes == writes, "the same failure is not tagged again"
+    loads = controller._tritons["a:1"].loads
+    now[0] += 59  # the second backoff is 60 s
+    assert "retried 60 s after failure 2" in (controller.run_once([MODEL])[0].error or "")
+    assert controller._tritons["a:1"].loads == loads
+
+    controller._tritons["a:1"].fail_load = False
+    controller.client.aliases = {"champion": "1", "challenger": "2"}  # the alias moved: retried at once
+    moved = controller.run_once([MODEL])[0]
+    assert moved.error is None and moved.smoke_passed(2, ["a:1", "b:2"])
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and (written.champion, written.challenger) == (1, 2)
+
+
+def test_a_failed_version_is_retried_at_once_when_its_bundle_changes(controller: Any) -> None:
+    import os
+
+    controller.clock = lambda: 0.0
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "1", "challenger": "2"}
+    controller._tritons["b:2"].smoke_error = 1.0
+    assert "differs" in (controller.run_once([MODEL])[0].error or "")
+    assert "retried 30 s after failure 1" in (controller.run_once([MODEL])[0].error or "")
+    controller._tritons["b:2"].smoke_error = 0.0
+    manifest = controller.root / MODEL / "2" / "manifest.json"
+    os.utime(manifest, ns=(1, 1))  # the bundle was rebuilt
+    assert controller.run_once([MODEL])[0].error is None
+
+
+# -- issue 14: a force is for one promotion -------------------------------------------------------
+
+
+def test_a_force_is_consumed_once_the_forced_version_is_served(controller: Any) -> None:
+    narrowed = bundle(2, rmse=9.0, categories=("a",))  # breaks the contract and is worse
+    (controller.root / MODEL / "2" / "manifest.json").write_text(narrowed.manifest.model_dump_json())
+    (controller.root / MODEL / "2" / "schema.json").write_text(narrowed.schema.model_dump_json())
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.client.aliases = {"champion": "1", "challenger": "2"}
+    controller.client.version_tags["2"] = {FORCE_TAG: "true"}  # `modelops promote --force --alias challenger`
+    forced = controller.run_once([MODEL])[0]
+    assert forced.error is None and forced.steps[0].reason == "forced past the gates"
+    assert FORCE_TAG not in controller.client.version_tags["2"]
+    status = controller.client.version_tags["2"][SYNC_STATUS_TAG]
+    assert status.startswith("serving (forced past the gates as challenger at ")
+
+    controller.client.aliases = {"champion": "2"}  # a later promotion of the same version is gated again
+    again = controller.run_once([MODEL])[0]
+    assert again.error is not None and "schema would break the live contract" in again.error
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.champion == 1
+
+
+# -- issue 14 item 16: the gates through the controller's own settings ------------------------------
+
+
+def test_require_load_test_from_the_environment_blocks_a_champion_until_a_load_test_passed(
+    controller: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployer.settings import RegistrySettings
+    from deployer.sync import SyncController
+
+    monkeypatch.setenv("MODELOPS_REGISTRY_REQUIRE_LOAD_TEST", "true")
+    monkeypatch.setenv("MODELOPS_REGISTRY_QUALITY_MARGIN", "0.25")
+    settings = RegistrySettings(
+        tracking_uri="http://127.0.0.1:9", model_repository=controller.root, triton_url="a:1,b:2", gpu="no"
+    )
+    assert settings.require_load_test and settings.quality_margin == 0.25
+    strict = SyncController(settings)
+    strict.client, strict._tritons = controller.client, controller._tritons
+    strict.client.aliases = {"champion": "1"}
+    blocked = strict.run_once([MODEL])[0]
+    assert blocked.error is not None and "no passing load test recorded" in blocked.error
+    assert "modelops bench --model m --version 1" in blocked.error
+    assert Routing.read(strict.root / MODEL) is None and all(t.loads == 0 for t in strict._tritons.values())
+    assert strict.client.version_tags["1"][SYNC_STATUS_TAG].startswith("blocked: no passing load test")
+
+    strict.client.version_tags["1"][LOADTEST_STATUS_TAG] = "failed"
+    assert "loadtest_status=failed" in (strict.run_once([MODEL])[0].error or "")
+    strict.client.version_tags["1"][LOADTEST_STATUS_TAG] = "passed"
+    served = strict.run_once([MODEL])[0]
+    assert served.error is None and served.smoke_passed(1, ["a:1", "b:2"])
+    written = Routing.read(strict.root / MODEL)
+    assert written is not None and written.champion == 1
+
+
+def test_modelops_rollback_undoes_a_promotion_the_controller_has_not_applied_yet(
+    controller: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import mlflow
+
+    from modelops.cli import main
+    from modelspec.tags import HISTORY_TAG
+
+    fake = controller.client
+    fake.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    fake.aliases = {"champion": "2"}
+    controller.run_once([MODEL])
+    assert json.loads(fake.model_tags[HISTORY_TAG]) == [1, 2]
+    fake.aliases = {"champion": "3"}  # promoted; sync has not applied it (routing.json: 2, previous 1)
+    fake.set_registered_model_alias = lambda name, alias, version: fake.aliases.__setitem__(alias, version)
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda *a, **k: fake)
+    monkeypatch.setenv("MODELOPS_STACK_MODEL_REPOSITORY", str(controller.root))
+    assert main(["rollback", MODEL, "--wait", "0"]) == 0
+    assert fake.aliases["champion"] == "2", "rollback went back two versions"
+
+
+def test_new_serving_options_written_by_a_pass_killed_before_its_load_are_loaded_before_they_are_routed(
+    controller: Any,
+) -> None:
+    from deployer.sync import SyncController
+
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    smaller = ServingOptions(max_batch_size=32)
+    controller.options = smaller
+    controller._tritons["a:1"].load_raises = KeyboardInterrupt()  # killed after writing config.pbtxt
+    with pytest.raises(KeyboardInterrupt):
+        controller.run_once([MODEL])
+    assert "max_batch_size: 32" in (controller.root / MODEL / "config.pbtxt").read_text()
+    controller._tritons["a:1"].load_raises = None
+    loads = {url: t.loads for url, t in controller._tritons.items()}
+
+    restarted = SyncController(controller.settings)
+    restarted.client, restarted._tritons, restarted.options = controller.client, controller._tritons, smaller
+    outcome = restarted.run_once([MODEL])[0]
+    assert outcome.error is None
+    assert [s.step for s in outcome.steps][:3] == ["config", "load", "load"], "routed options Triton never loaded"
+    assert all(t.loads == loads[url] + 1 for url, t in restarted._tritons.items())
+    written = Routing.read(restarted.root / MODEL)
+    assert written is not None and written.serving == smaller
+
+
+def test_a_failed_load_without_a_new_version_backs_off_too(controller: Any) -> None:
+    now = [0.0]
+    controller.clock = lambda: now[0]
+    controller.client.aliases = {"champion": "1"}
+    controller.run_once([MODEL])
+    controller.options = ServingOptions(max_batch_size=32)
+    controller._tritons["a:1"].fail_load = True
+    assert controller.run_once([MODEL])[0].error == "Triton at a:1 failed to load m: boom"
+    loads = controller._tritons["b:2"].loads
+    held = controller.run_once([MODEL])[0]
+    assert held.error is not None and "retried 30 s after failure 1" in held.error
+    assert controller._tritons["b:2"].loads == loads and held.steps == []
+    now[0] = 31.0
+    controller._tritons["a:1"].fail_load = False
+    assert controller.run_once([MODEL])[0].error is None
+    written = Routing.read(controller.root / MODEL)
+    assert written is not None and written.serving == controller.options
