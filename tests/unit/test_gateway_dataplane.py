@@ -309,7 +309,9 @@ def test_a_non_finite_prediction_is_a_502_of_its_own_never_a_null_in_a_200(
         sent = [str(v) for v in RECORDS[0].values() if isinstance(v, float)] + [RECORDS[0]["station_type"]]
         assert not any(v in exc.message for v in sent)  # the payload is never echoed
         with pytest.raises(errors.UnknownRequestId):  # nothing stored for feedback to join
-            await gw.join_outcome(given_body({"request_id": "nan-1", "outcomes": [None] * (rows - 1) + [{"ghi_wm2": 1}]}))
+            await gw.join_outcome(
+                given_body({"request_id": "nan-1", "outcomes": [None] * (rows - 1) + [{"ghi_wm2": 1}]})
+            )
 
     _run(test, gw)
     exposition = gw.metrics.exposition().decode()

@@ -276,7 +276,12 @@ def test_the_reference_check_fails_an_engine_that_answers_nan(tmp_path, numeric,
     version_dir = tmp_path / "1"
     version_dir.mkdir()
     (version_dir / "schema.json").write_text(json.dumps({"numeric_tensor": "x", "categorical_tensor": "c"}))
-    reference = {"numeric": numeric, "categorical": [[0], [1]], "outputs": {"y": [2.0, 4.0, 6.0, 8.0]}, "tolerance": 1e-4}
+    reference = {
+        "numeric": numeric,
+        "categorical": [[0], [1]],
+        "outputs": {"y": [2.0, 4.0, 6.0, 8.0]},
+        "tolerance": 1e-4,
+    }
     (version_dir / "reference.json").write_text(json.dumps(reference))  # the fake answers y = 2 * x: NaN for None
     with serving_in_a_thread() as fake:
         host, port = fake.url.rsplit(":", 1)

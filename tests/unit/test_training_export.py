@@ -115,7 +115,9 @@ _TINY = ModelSchema(
 
 def test_a_module_that_computes_nan_fails_both_parity_checks(tmp_path: Path) -> None:
     numeric, categorical = _rows(negative=3)
-    with pytest.raises(ParityError, match=r"the torch module computed a value that is not a finite number .* on 3 of 40"):
+    with pytest.raises(
+        ParityError, match=r"the torch module computed a value that is not a finite number .* on 3 of 40"
+    ):
         export_onnx(_LogOfFirst(), _TINY, numeric, categorical, tmp_path / "model.onnx")
     with pytest.raises(ParityError, match=r"not a finite number .*no TorchScript file was written"):
         export_torchscript(_LogOfFirst(), numeric, categorical, tmp_path / "model.pt")
