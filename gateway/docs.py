@@ -176,8 +176,10 @@ def render(schema: ModelSchema) -> str:
         "",
         "`502 non_finite_prediction`: the model computed NaN or infinity for at least one record. JSON has no "
         "such number, so the request gets no predictions at all (a `200` never carries `null`) and nothing is "
-        "stored for feedback. It is a fault of the model version, not of the request: the same records fail "
-        "the same way until the version is replaced, so report the `request_id`. Operators see it in "
+        "stored for feedback. Values far outside the trained ranges (accepted and flagged `out_of_range`) can "
+        "overflow the model: the message says when the records concerned had such values; send values within "
+        "the trained ranges. Otherwise it is a fault of the model version, not of the request: the same records "
+        "fail the same way until the version is replaced, so report the `request_id`. Operators see it in "
         "`modelops_gateway_non_finite_predictions_total` (and in `modelops_gateway_requests_total` under this "
         "code); the promotion's parity and smoke tests fail a version that computes NaN on its reference rows.",
         "",

@@ -153,7 +153,8 @@ class UpstreamError(GatewayError):
 class NonFinitePrediction(GatewayError):
     """502: the model's output was NaN or infinite; nothing was answered or stored. Report the request_id.
 
-    A fault of the served version (an FP16 overflow, say), never of the request: it is counted in
+    A fault of the served version (an FP16 overflow, say), or of values far outside the trained
+    ranges that the contract accepts and flags: counted in
     ``modelops_gateway_non_finite_predictions_total`` and never answered as ``null`` in a 200.
     """
 

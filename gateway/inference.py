@@ -53,7 +53,7 @@ async def infer_in_chunks(
             names,
             request_id=request_id,
         )
-        return finite(outputs_matrix(outputs, names, batch.rows), served)
+        return finite(outputs_matrix(outputs, names, batch.rows), served, batch)
     starts = range(0, batch.rows, step)
     results = await asyncio.gather(
         *(
@@ -71,24 +71,39 @@ async def infer_in_chunks(
         outputs_matrix(outputs, names, min(step, batch.rows - i)) for i, outputs in zip(starts, results, strict=True)
     ]
     matrix: np.ndarray = np.concatenate(parts)
-    return finite(matrix, served)
+    return finite(matrix, served, batch)
 
 
-def finite(matrix: np.ndarray, served: ServedVersion) -> np.ndarray:
+def finite(matrix: np.ndarray, served: ServedVersion, batch: Batch) -> np.ndarray:
     """``matrix`` when every value is finite; else raise :class:`~gateway.errors.NonFinitePrediction`.
+
+    The message says whether the records concerned had values flagged ``out_of_range``: the
+    contract accepts values far outside the trained ranges (up to the float32 limit), and those can
+    overflow a model that computes finite numbers on everything it was trained on.
 
     Args:
         matrix: a version's outputs, ``[rows, n_outputs]``.
         served: the version that computed them (named in the message).
+        batch: the validated batch (its flags say which records had out-of-range values).
     """
     if np.isfinite(matrix).all():  # one pass over a few floats: the hot path stays cheap
         return matrix
-    bad = int(np.count_nonzero(~np.isfinite(matrix).all(axis=1)))
-    raise NonFinitePrediction(
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    out_of_range = {f.record for f in batch.flags if f.reason == "out_of_range"}
+    flagged = sum(1 for i in bad.tolist() if i in out_of_range)
+    what = (
         f"model {served.model} v{served.version} computed a value that is not a finite number (NaN or infinity) "
-        f"for {bad} of {matrix.shape[0]} record(s), so nothing was answered or stored; this is a fault of the "
-        "model version, not of the request, and a retry fails the same way until the version is replaced: report "
-        "the request_id to the model's owners"
+        f"for {bad.size} of {matrix.shape[0]} record(s), so nothing was answered or stored"
+    )
+    if flagged:
+        raise NonFinitePrediction(
+            f"{what}; {flagged} of them had values outside the trained ranges (flagged out_of_range), which can "
+            "overflow the model: send values within the trained ranges (see /docs), or report the request_id to "
+            "the model's owners"
+        )
+    raise NonFinitePrediction(
+        f"{what}; this is a fault of the model version, not of the request, and a retry fails the same way "
+        "until the version is replaced: report the request_id to the model's owners"
     )
 
 

@@ -305,6 +305,7 @@ def test_a_non_finite_prediction_is_a_502_of_its_own_never_a_null_in_a_200(
         assert f"v1 computed a value that is not a finite number (NaN or infinity) for 1 of {rows} record" in (
             exc.message
         )
+        assert "a fault of the model version, not of the request" in exc.message  # the records are in range
         assert "report the request_id" in exc.message
         sent = [str(v) for v in RECORDS[0].values() if isinstance(v, float)] + [RECORDS[0]["station_type"]]
         assert not any(v in exc.message for v in sent)  # the payload is never echoed
@@ -319,6 +320,23 @@ def test_a_non_finite_prediction_is_a_502_of_its_own_never_a_null_in_a_200(
     assert metric_value(exposition, "modelops_gateway_requests_total", **counted) == 1.0
     assert metric_value(exposition, "modelops_gateway_non_finite_predictions_total", version="1", call="predict") == 1
     assert metric_value(exposition, "modelops_gateway_drift_window_records", version="1") in (None, 0)  # not binned
+
+
+def test_a_non_finite_prediction_of_records_with_out_of_range_values_says_so(tmp_path: Path) -> None:
+    """The contract accepts (and flags) values far outside the trained ranges; they can overflow a model."""
+    gw = _gateway(tmp_path, _NonFiniteTriton())
+    far = [RECORDS[0], dict(RECORDS[1], temperature_c=3.0e38)]  # the last record: the fake answers NaN for it
+
+    async def test(gw: Gateway) -> None:
+        with pytest.raises(errors.NonFinitePrediction) as raised:
+            await gw.predict(MODEL, "far-1", given_body(far))
+        message = raised.value.message
+        assert "for 1 of 2 record(s)" in message and "1 of them had values outside the trained ranges" in message
+        assert "send values within the trained ranges" in message and "3e+38" not in message
+        with pytest.raises(errors.NonFinitePrediction, match="a fault of the model version, not of the request"):
+            await gw.predict(MODEL, "near-1", given_body(RECORDS[:2]))
+
+    _run(test, gw)
 
 
 def test_a_non_finite_prediction_answers_502_over_http_and_in_chunks(tmp_path: Path) -> None:
