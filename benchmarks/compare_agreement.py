@@ -9,6 +9,7 @@ relative difference of each variant's predictions from the first variant that an
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import httpx
@@ -61,9 +62,18 @@ def predictions_of(
 
 
 def max_relative_diff(got: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
-    """Largest ``|a - b| / max(|b|, 1)`` over paired prediction arrays."""
-    diffs = [float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1.0))) for a, b in zip(got, reference, strict=True)]
-    return max(diffs, default=0.0)
+    """Largest ``|a - b| / max(|b|, 1)`` over paired prediction arrays; infinity when one is not finite.
+
+    A NaN prediction (a gateway's ``null``, an engine's overflow) is a disagreement, whatever the
+    other side says: a NaN difference compares false with every tolerance, and ``max`` over a list
+    that holds one keeps or drops it depending on where it stands.
+    """
+    worst = 0.0
+    for a, b in zip(got, reference, strict=True):
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            return math.inf
+        worst = max(worst, float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1.0), initial=0.0)))
+    return worst
 
 
 class AgreementCheck:
@@ -85,6 +95,6 @@ class AgreementCheck:
             self._reference, self._reference_variant = predictions, variant
         diff = max_relative_diff(predictions, self._reference)
         self.max_relative_diff[variant] = diff
-        if diff > self.tolerance:
+        if not diff <= self.tolerance:  # inf: a prediction of one of them is NaN or infinite
             log.warning("%s predicts differently from %s: %.3g", variant, self._reference_variant, diff)
         return diff

@@ -179,7 +179,8 @@ def verify(server: TritonServer, variant: Variant, version: int, version_dir: Pa
     """Send the reference rows as one request and as concurrent single-row requests; compare.
 
     The concurrent single-row requests are batched together by Triton, so this also checks that
-    the backend splits a batch back to the right requests.
+    the backend splits a batch back to the right requests. A NaN or infinite output fails the
+    check whatever the tolerance.
     """
     numeric, categorical, expected, tolerance, schema = _reference(version_dir)
     names = tensor_names(schema)
@@ -199,6 +200,16 @@ def verify(server: TritonServer, variant: Variant, version: int, version_dir: Pa
     for name, want in expected.items():
         got_whole = whole[name].reshape(-1).astype(np.float64)
         got_single = np.concatenate([s[name].reshape(-1) for s in singles]).astype(np.float64)
+        # Checked first: a NaN difference compares false, so max(worst, nan) would keep worst and pass.
+        if not (np.isfinite(got_whole).all() and np.isfinite(got_single).all()):
+            return {
+                "ok": False,
+                "max_abs_error": None,
+                "tolerance": tolerance,
+                "rows": len(numeric),
+                "error": f"output {name!r} is not a finite number (NaN or infinity) on the reference rows: "
+                "check the engine (an FP16 overflow, say)",
+            }
         worst = max(worst, float(np.abs(got_whole - want).max()), float(np.abs(got_single - want).max()))
     return {"ok": worst <= tolerance, "max_abs_error": worst, "tolerance": tolerance, "rows": len(numeric)}
 

@@ -94,7 +94,7 @@ class TritonControl:
         """Infer the reference rows on ``version`` and compare with the stored outputs.
 
         Returns the largest absolute difference; raises TritonControlError when it exceeds the
-        reference tolerance or the inference fails.
+        reference tolerance, an output is NaN or infinite, or the inference fails.
         """
         inputs = feed(schema, *reference_tensors(reference))
         try:
@@ -107,6 +107,13 @@ class TritonControl:
             got = result.get(name)
             if got is None:
                 raise TritonControlError(f"smoke inference on {model} v{version}: no output {name!r}")
+            # Checked first: a NaN difference compares false, so max(worst, nan) would keep worst and pass.
+            if not np.isfinite(got).all():
+                raise TritonControlError(
+                    f"{model} v{version} on {self.url} computed a value that is not a finite number (NaN or "
+                    f"infinity) for output {name!r} on the reference rows; it is not served. Check the engine "
+                    "Triton runs it with: an FP16 overflow, say (MODELOPS_REGISTRY_TENSORRT_FP16=false)"
+                )
             worst = max(worst, float(np.abs(got.reshape(-1) - np.asarray(expected, dtype=np.float32)).max()))
         if not worst <= reference.tolerance:
             raise TritonControlError(

@@ -12,7 +12,8 @@ the order :meth:`Gateway.predict` takes it:
 3. the body is read and parsed, and validated against that version's schema
    (:func:`gateway.contract.validate`) into the model's input tensors;
 4. :func:`gateway.inference.infer_in_chunks`: the Triton call(s), in chunks of the model's
-   ``max_batch_size``;
+   ``max_batch_size``; an answer with a NaN or infinite output is a 502 ``non_finite_prediction``
+   (counted in ``modelops_gateway_non_finite_predictions_total``), never a ``null`` in a 200;
 5. :meth:`Gateway._observe`: the drift window and the stored prediction that ``POST /feedback``
    joins to later;
 6. :meth:`gateway.shadow.Shadow.mirror`: the shadow call to the challenger, not awaited;
@@ -41,7 +42,7 @@ import orjson
 from gateway.audit import AuditEntry, AuditLog
 from gateway.contract import Batch, validate
 from gateway.drift import DriftMonitor
-from gateway.errors import GatewayError, InvalidInput, ModelNotReady, Overloaded, ShuttingDown
+from gateway.errors import GatewayError, InvalidInput, ModelNotReady, NonFinitePrediction, Overloaded, ShuttingDown
 from gateway.feedback import FeedbackStore, StoredPrediction
 from gateway.inference import infer_in_chunks
 from gateway.metrics import CallbackCollector, GatewayMetrics, policy_families, quality_families
@@ -275,6 +276,9 @@ class Gateway:
         except GatewayError as exc:
             outcome.status, outcome.code = exc.status_code, exc.code
             exc.headers.setdefault("x-request-id", request_id)
+            served_by = outcome.served
+            if isinstance(exc, NonFinitePrediction) and served_by is not None:
+                metrics.child(metrics.non_finite, served_by.model, str(served_by.version), "predict").inc()
             raise
         except Exception:
             outcome.status, outcome.code = 500, "internal_error"

@@ -152,6 +152,9 @@ def render(schema: ModelSchema) -> str:
         "| --- | --- | --- | --- |",
         *out_rows,
         "",
+        "Every prediction is a finite number, never `null`: when the model computes NaN or infinity for "
+        "any record, the request answers `502 non_finite_prediction` (see Errors).",
+        "",
         "Headers: `X-Request-ID`, `X-Model-Version`, `X-Model-Alias`.",
         "",
         "```json",
@@ -170,6 +173,15 @@ def render(schema: ModelSchema) -> str:
         "| status | code | when |",
         "| --- | --- | --- |",
         *_error_rows(),
+        "",
+        "`502 non_finite_prediction`: the model computed NaN or infinity for at least one record. JSON has no "
+        "such number, so the request gets no predictions at all (a `200` never carries `null`) and nothing is "
+        "stored for feedback. Values far outside the trained ranges (accepted and flagged `out_of_range`) can "
+        "overflow the model: the message says when the records concerned had such values; send values within "
+        "the trained ranges. Otherwise it is a fault of the model version, not of the request: the same records "
+        "fail the same way until the version is replaced, so report the `request_id`. Operators see it in "
+        "`modelops_gateway_non_finite_predictions_total` (and in `modelops_gateway_requests_total` under this "
+        "code); the promotion's parity and smoke tests fail a version that computes NaN on its reference rows.",
         "",
         "## Feedback: the true outcome, later",
         "",

@@ -150,6 +150,18 @@ class UpstreamError(GatewayError):
     code = "upstream_error"
 
 
+class NonFinitePrediction(GatewayError):
+    """502: the model's output was NaN or infinite; nothing was answered or stored. Report the request_id.
+
+    A fault of the served version (an FP16 overflow, say), or of values far outside the trained
+    ranges that the contract accepts and flags: counted in
+    ``modelops_gateway_non_finite_predictions_total`` and never answered as ``null`` in a 200.
+    """
+
+    status_code = 502
+    code = "non_finite_prediction"
+
+
 class UpstreamTimeout(GatewayError):
     """504: Triton did not answer within the configured deadline."""
 

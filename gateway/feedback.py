@@ -200,6 +200,18 @@ class FeedbackStore(BackgroundWriter[StoredPrediction]):
                 self._writer.execute(_BACKFILL_ROLLUP)
                 log.info("built the live-quality rollup from the stored outcomes of %s", self.path)
 
+    def submit(self, item: StoredPrediction) -> None:
+        """Buffer a prediction for the writer; one with a NaN or infinite value is never stored.
+
+        The request path answers such a prediction 502 before it gets here
+        (:func:`gateway.inference.finite`); were one stored, the errors of its feedback would be NaN,
+        which no quality sum survives. Its feedback answers ``unknown_request_id``.
+        """
+        if not np.isfinite(item.values).all():
+            log.error("not storing the prediction of %s v%s: it is not finite", item.model, item.version)
+            return
+        super().submit(item)
+
     # -- writer thread ---------------------------------------------------------------------------
     def write_batch(self, items: list[StoredPrediction]) -> None:
         """Insert a batch of predictions in one transaction."""

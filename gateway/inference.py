@@ -3,6 +3,11 @@
 Triton refuses a request with more rows than the model's ``max_batch_size``, so a larger batch is
 split and its chunks are sent at once; the answers are joined back in order. The usual request
 fits in one call, which is awaited directly (no task per request: this is the hot path).
+
+An answer with a NaN or infinite output raises :class:`~gateway.errors.NonFinitePrediction` here,
+for the request path and the shadow calls alike, before anything is answered, stored or binned:
+JSON has no NaN (it would become ``null`` in a 200), and a NaN in the feedback store or a drift
+window poisons every later sum.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import numpy as np
 
 from gateway.contract import Batch
+from gateway.errors import NonFinitePrediction
 from gateway.serving import ServedVersion
 from gateway.upstream import InferenceClient
 
@@ -29,9 +35,12 @@ async def infer_in_chunks(
         request_id: sent with the call; chunk ``i`` is sent as ``<request_id>.<i>``.
 
     Returns:
-        The outputs as one float32 ``[rows, n_outputs]`` matrix in schema order. No latency is
-        recorded here: the callers time it (the request path and the shadow calls have different
-        histograms).
+        The outputs as one float32 ``[rows, n_outputs]`` matrix in schema order, every value
+        finite. No latency is recorded here: the callers time it (the request path and the shadow
+        calls have different histograms).
+
+    Raises:
+        NonFinitePrediction: an output of the answer is NaN or infinite (502).
     """
     schema = served.schema
     names = [o.name for o in schema.outputs]
@@ -44,7 +53,7 @@ async def infer_in_chunks(
             names,
             request_id=request_id,
         )
-        return outputs_matrix(outputs, names, batch.rows)
+        return finite(outputs_matrix(outputs, names, batch.rows), served, batch)
     starts = range(0, batch.rows, step)
     results = await asyncio.gather(
         *(
@@ -62,7 +71,40 @@ async def infer_in_chunks(
         outputs_matrix(outputs, names, min(step, batch.rows - i)) for i, outputs in zip(starts, results, strict=True)
     ]
     matrix: np.ndarray = np.concatenate(parts)
-    return matrix
+    return finite(matrix, served, batch)
+
+
+def finite(matrix: np.ndarray, served: ServedVersion, batch: Batch) -> np.ndarray:
+    """``matrix`` when every value is finite; else raise :class:`~gateway.errors.NonFinitePrediction`.
+
+    The message says whether the records concerned had values flagged ``out_of_range``: the
+    contract accepts values far outside the trained ranges (up to the float32 limit), and those can
+    overflow a model that computes finite numbers on everything it was trained on.
+
+    Args:
+        matrix: a version's outputs, ``[rows, n_outputs]``.
+        served: the version that computed them (named in the message).
+        batch: the validated batch (its flags say which records had out-of-range values).
+    """
+    if np.isfinite(matrix).all():  # one pass over a few floats: the hot path stays cheap
+        return matrix
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    out_of_range = {f.record for f in batch.flags if f.reason == "out_of_range"}
+    flagged = sum(1 for i in bad.tolist() if i in out_of_range)
+    what = (
+        f"model {served.model} v{served.version} computed a value that is not a finite number (NaN or infinity) "
+        f"for {bad.size} of {matrix.shape[0]} record(s), so nothing was answered or stored"
+    )
+    if flagged:
+        raise NonFinitePrediction(
+            f"{what}; {flagged} of them had values outside the trained ranges (flagged out_of_range), which can "
+            "overflow the model: send values within the trained ranges (see /docs), or report the request_id to "
+            "the model's owners"
+        )
+    raise NonFinitePrediction(
+        f"{what}; this is a fault of the model version, not of the request, and a retry fails the same way "
+        "until the version is replaced: report the request_id to the model's owners"
+    )
 
 
 def outputs_matrix(outputs: dict[str, np.ndarray], names: list[str], rows: int) -> np.ndarray:

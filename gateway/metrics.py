@@ -126,7 +126,7 @@ class GatewayMetrics:
         )
         self.shadow_requests = Counter(
             "modelops_gateway_shadow_requests",
-            "Requests mirrored to the challenger, by outcome (ok, invalid, error, dropped)",
+            "Requests mirrored to the challenger, by outcome (ok, invalid, non_finite, error, dropped)",
             ["model", "version", "outcome"],
             registry=r,
         )
@@ -135,6 +135,13 @@ class GatewayMetrics:
             "Time of the mirrored Triton call (off the client's path)",
             ["model", "version"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.non_finite = Counter(
+            "modelops_gateway_non_finite_predictions",
+            "Model answers with a NaN or infinite output, by call: predict (answered 502 non_finite_prediction) "
+            "or shadow (the challenger's answer discarded)",
+            ["model", "version", "call"],
             registry=r,
         )
         self.feedback = Counter(

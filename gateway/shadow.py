@@ -5,7 +5,9 @@ at most ``shadow_max_in_flight`` run at once (beyond that a mirror is dropped an
 challenger's answer is stored like any prediction, under ``<request_id>:shadow``
 (:data:`SHADOW_SUFFIX`), so feedback for the request scores the challenger too, and its
 disagreement with the champion is recorded per record
-(``modelops_gateway_shadow_disagreement``). Which requests are mirrored is decided by
+(``modelops_gateway_shadow_disagreement``). A challenger answer with a NaN or infinite output is
+counted (outcome ``non_finite``, ``modelops_gateway_non_finite_predictions_total``) and dropped:
+never stored, binned or compared. Which requests are mirrored is decided by
 :meth:`gateway.dataplane.Gateway.choose_version`.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gateway.contract import Batch, validate
-from gateway.errors import GatewayError, InvalidInput
+from gateway.errors import GatewayError, InvalidInput, NonFinitePrediction
 from gateway.inference import infer_in_chunks
 from gateway.metrics import GatewayMetrics
 from gateway.serving import ServedModels, ServedVersion
@@ -128,6 +130,11 @@ class Shadow:
             result = "ok"
         except InvalidInput:
             result = "invalid"
+        except NonFinitePrediction:
+            # The challenger answered NaN or infinity: counted, never stored, binned or compared.
+            result = "non_finite"
+            self.metrics.non_finite.labels(model, version, "shadow").inc()
+            log.info("shadow call to %s v%s failed: %s", model, version, NonFinitePrediction.code)
         except GatewayError as exc:
             log.info("shadow call to %s v%s failed: %s", model, version, exc.code)
         except asyncio.CancelledError:

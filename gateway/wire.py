@@ -91,7 +91,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Body or record count over the limit (field: body)",
         415: "Not application/json (field: content-type)",
         422: "A record does not satisfy the feature schema; `field` names it",
-        502: "The model server failed the request",
+        502: "The model server failed the request (`upstream_error`) or the model computed NaN or infinity "
+        "(`non_finite_prediction`: no prediction is ever `null`)",
         503: "Model not ready, gateway overloaded or shutting down; see Retry-After",
         504: "The model server did not answer in time",
     }.items()

@@ -47,6 +47,33 @@ def parity_tolerance(outputs: np.ndarray) -> float:
     return 1e-4 * max(1.0, float(np.abs(outputs).max(initial=0.0)))
 
 
+def check_finite(what: str, outputs: np.ndarray, remedy: str) -> None:
+    """Raise :class:`ParityError` when ``outputs`` hold a NaN or an infinity.
+
+    A difference with a NaN in it compares false with everything, so ``max(worst, nan)`` keeps
+    ``worst`` and a module or graph that computes NaN would pass the tolerance check; this check
+    comes first and names the fault.
+
+    Args:
+        what: whose outputs these are, for the message (``the torch module``, ``the ONNX export``).
+        outputs: the outputs on the held-out rows.
+        remedy: what this blocks and what to look at, for the message.
+    """
+    finite = np.isfinite(outputs)
+    if not finite.all():
+        rows = int(np.count_nonzero(~finite.reshape(len(outputs), -1).all(axis=1)))
+        raise ParityError(
+            f"{what} computed a value that is not a finite number (NaN or infinity) on {rows} of "
+            f"{len(outputs)} held-out rows; {remedy}"
+        )
+
+
+_MODULE_CAUSES = (
+    "check the module for overflow (float16, exp) and for log, sqrt or division of values outside their domain, "
+    "and the training for diverged weights."
+)
+
+
 def export_onnx(
     module: torch.nn.Module,
     schema: ModelSchema,
@@ -64,7 +91,8 @@ def export_onnx(
         path: where the ``.onnx`` file goes.
 
     Raises:
-        ParityError: the graph's outputs differ from the module's beyond tolerance.
+        ParityError: the graph's outputs differ from the module's beyond tolerance, or the module's
+            or the graph's outputs are not all finite.
     """
     import onnxruntime as ort
 
@@ -92,11 +120,18 @@ def export_onnx(
     worst = 0.0
     with torch.no_grad():
         expected_all = module(torch.from_numpy(numeric), torch.from_numpy(categorical)).numpy()
+    check_finite("the torch module", expected_all, f"the version was not registered: {_MODULE_CAUSES}")
     tolerance = parity_tolerance(expected_all)
     for n in PARITY_BATCH_SIZES:
         if n > len(numeric):
             continue
         got = session.run(None, feed(schema, numeric[:n], categorical[:n]))[0]
+        check_finite(
+            f"the ONNX export at batch size {n}",
+            got,
+            "the version was not registered. The torch module's outputs are finite: check the module for ops that "
+            "export differently.",
+        )
         worst = max(worst, float(np.abs(got - expected_all[:n]).max()))
     log.info(
         "ONNX parity: max abs error %.3g (tolerance %.3g) at batch sizes %s",
@@ -148,7 +183,8 @@ def export_torchscript(
         path: where the ``.pt`` file goes.
 
     Raises:
-        ParityError: the reloaded file's outputs differ from the module's beyond tolerance.
+        ParityError: the reloaded file's outputs differ from the module's beyond tolerance, or the
+            module's or the file's outputs are not all finite.
     """
     module.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,13 +197,24 @@ def export_torchscript(
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         expected_all = module(torch.from_numpy(numeric), torch.from_numpy(categorical)).numpy()
-        tolerance = parity_tolerance(expected_all)
-        worst = 0.0
-        for n in PARITY_BATCH_SIZES:
-            if n > len(numeric):
-                continue
-            got = loaded(torch.from_numpy(numeric[:n]), torch.from_numpy(categorical[:n])).numpy()
-            worst = max(worst, float(np.abs(got - expected_all[:n]).max()))
+        try:
+            check_finite("the torch module", expected_all, f"no TorchScript file was written: {_MODULE_CAUSES}")
+            tolerance = parity_tolerance(expected_all)
+            worst = 0.0
+            for n in PARITY_BATCH_SIZES:
+                if n > len(numeric):
+                    continue
+                got = loaded(torch.from_numpy(numeric[:n]), torch.from_numpy(categorical[:n])).numpy()
+                check_finite(
+                    f"the TorchScript file at batch size {n}",
+                    got,
+                    "no TorchScript file was written. The torch module's outputs are finite: check it for "
+                    "data-dependent control flow, which tracing cannot capture.",
+                )
+                worst = max(worst, float(np.abs(got - expected_all[:n]).max()))
+        except ParityError:
+            path.unlink(missing_ok=True)  # as for a parity failure: no file that failed its check is left
+            raise
     log.info(
         "TorchScript parity: max abs error %.3g (tolerance %.3g) at batch sizes %s",
         worst,

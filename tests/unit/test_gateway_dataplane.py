@@ -6,7 +6,10 @@ And the one error shape: every error body comes from :func:`gateway.errors.error
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from gateway.app import create_app
 from gateway.contract import validate
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError, InvalidInput, ModelNotFound, ModelNotReady, Overloaded
+from gateway.feedback import FeedbackStore, StoredPrediction
 from gateway.inference import infer_in_chunks
 from gateway.policy import TrafficPolicy
 from gateway.settings import GatewaySettings
@@ -264,3 +268,133 @@ def test_the_fast_path_and_the_framework_answer_errors_alike(tmp_path: Path) -> 
         too_long = client.post(f"/models/{'a' * 65}/predict", json=RECORDS)  # past the fast path: FastAPI validates
         assert too_long.status_code == 422
         assert too_long.json() == errors.error_body("invalid_input", "invalid request parameter", "name")
+
+
+# -- non-finite predictions: a 502 of their own, never a null in a 200 ------------------------------
+@dataclass
+class _NonFiniteTriton(FakeTriton):
+    """The fake, answering ``value`` (NaN, infinity) for the last row of every call to ``versions``."""
+
+    value: float = math.nan
+    versions: tuple[int, ...] = (1,)
+
+    async def infer(
+        self, model: str, version: int, tensors: dict[str, np.ndarray], outputs: list[str], request_id: str = ""
+    ) -> dict[str, np.ndarray]:
+        answer = await super().infer(model, version, tensors, outputs, request_id)
+        if version in self.versions:
+            for values in answer.values():
+                values[-1] = self.value
+        return answer
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("records", [RECORDS[0], RECORDS], ids=["one-record", "a-list"])
+def test_a_non_finite_prediction_is_a_502_of_its_own_never_a_null_in_a_200(
+    tmp_path: Path, value: float, records: Any
+) -> None:
+    fake = _NonFiniteTriton(value=value)
+    gw = _gateway(tmp_path, fake)
+    rows = len(records) if isinstance(records, list) else 1
+
+    async def test(gw: Gateway) -> None:
+        with pytest.raises(errors.NonFinitePrediction) as raised:
+            await gw.predict(MODEL, "nan-1", given_body(records))
+        exc = raised.value
+        assert (exc.status_code, exc.code, exc.headers["x-request-id"]) == (502, "non_finite_prediction", "nan-1")
+        assert f"v1 computed a value that is not a finite number (NaN or infinity) for 1 of {rows} record" in (
+            exc.message
+        )
+        assert "a fault of the model version, not of the request" in exc.message  # the records are in range
+        assert "report the request_id" in exc.message
+        sent = [str(v) for v in RECORDS[0].values() if isinstance(v, float)] + [RECORDS[0]["station_type"]]
+        assert not any(v in exc.message for v in sent)  # the payload is never echoed
+        with pytest.raises(errors.UnknownRequestId):  # nothing stored for feedback to join
+            await gw.join_outcome(
+                given_body({"request_id": "nan-1", "outcomes": [None] * (rows - 1) + [{"ghi_wm2": 1}]})
+            )
+
+    _run(test, gw)
+    exposition = gw.metrics.exposition().decode()
+    counted = {"model": MODEL, "version": "1", "route": "/predict", "status": "502", "code": "non_finite_prediction"}
+    assert metric_value(exposition, "modelops_gateway_requests_total", **counted) == 1.0
+    assert metric_value(exposition, "modelops_gateway_non_finite_predictions_total", version="1", call="predict") == 1
+    assert metric_value(exposition, "modelops_gateway_drift_window_records", version="1") in (None, 0)  # not binned
+
+
+def test_a_non_finite_prediction_of_records_with_out_of_range_values_says_so(tmp_path: Path) -> None:
+    """The contract accepts (and flags) values far outside the trained ranges; they can overflow a model."""
+    gw = _gateway(tmp_path, _NonFiniteTriton())
+    far = [RECORDS[0], dict(RECORDS[1], temperature_c=3.0e38)]  # the last record: the fake answers NaN for it
+
+    async def test(gw: Gateway) -> None:
+        with pytest.raises(errors.NonFinitePrediction) as raised:
+            await gw.predict(MODEL, "far-1", given_body(far))
+        message = raised.value.message
+        assert "for 1 of 2 record(s)" in message and "1 of them had values outside the trained ranges" in message
+        assert "send values within the trained ranges" in message and "3e+38" not in message
+        with pytest.raises(errors.NonFinitePrediction, match="a fault of the model version, not of the request"):
+            await gw.predict(MODEL, "near-1", given_body(RECORDS[:2]))
+
+    _run(test, gw)
+
+
+def test_a_non_finite_prediction_answers_502_over_http_and_in_chunks(tmp_path: Path) -> None:
+    write_repository(tmp_path / "repo")
+    with TestClient(create_app(_settings(tmp_path), factory(_NonFiniteTriton()))) as client:
+        resp = client.post("/predict", json=RECORDS, headers={"x-request-id": "nan-http"})
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "non_finite_prediction" and resp.headers["x-request-id"] == "nan-http"
+    assert b"null" not in resp.content.replace(b'"field":null', b"")
+    gw = _gateway(tmp_path, FakeTriton())
+    served = gw.models.target(MODEL)
+    batch = validate(served.schema, training_records(10, seed=1), 100)
+
+    async def chunks() -> None:
+        with pytest.raises(errors.NonFinitePrediction, match="for 3 of 10 record"):  # the last row of each chunk
+            await infer_in_chunks(_NonFiniteTriton(), served, batch, 4, "big")
+
+    asyncio.run(chunks())
+
+
+def test_a_non_finite_challenger_answer_is_counted_and_never_stored_or_compared(tmp_path: Path) -> None:
+    fake = _NonFiniteTriton(versions=(2,))
+    gw = _gateway(tmp_path, fake, challenger=2)
+    gw.policies.set(MODEL, TrafficPolicy(canary_share=0.0, shadow=True))
+
+    async def test(gw: Gateway) -> None:
+        body, _headers = await gw.predict(MODEL, "mirror-nan", given_body(RECORDS))
+        assert all(math.isfinite(p["ghi_wm2"]) for p in PredictResponse.model_validate_json(body).predictions)
+        await gw.shadow.drain(5.0)
+        assert [v for _m, v, _rows, _rid in fake.calls] == [1, 2]
+        assert gw.feedback is not None and gw.feedback.flush()
+        assert gw.feedback._fetch(f"mirror-nan{SHADOW_SUFFIX}") is None  # the challenger's NaN is not stored
+        truth = [{"ghi_wm2": 100.0}, None, {"ghi_wm2": 300.0}]
+        joined = FeedbackResponse.model_validate_json(
+            await gw.join_outcome(given_body({"request_id": "mirror-nan", "outcomes": truth}))
+        )
+        assert (joined.version, joined.outcomes) == (1, 2)  # the champion is scored; the challenger is not
+
+    _run(test, gw)
+    exposition = gw.metrics.exposition().decode()
+    assert metric_value(exposition, "modelops_gateway_shadow_requests_total", version="2", outcome="non_finite") == 1
+    assert metric_value(exposition, "modelops_gateway_non_finite_predictions_total", version="2", call="shadow") == 1
+    assert metric_value(exposition, "modelops_gateway_shadow_disagreement_count", challenger_version="2") in (None, 0)
+    assert metric_value(exposition, "modelops_gateway_feedback_outcomes_total", version="2") is None
+
+
+def test_the_feedback_store_never_stores_a_non_finite_prediction(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path / "feedback.db", retention_s=3600, window_s=3600)
+    store.start()
+    try:
+        for request_id, value in (("finite", 1.0), ("nan", math.nan), ("inf", math.inf)):
+            values = np.array([[2.0], [value]], dtype=np.float32)
+            store.submit(StoredPrediction(request_id, MODEL, 1, time.time(), ("ghi_wm2",), values))
+        assert store.flush()
+        assert store.join("finite", [{"ghi_wm2": 3.0}, {"ghi_wm2": 3.0}]).outcomes == 2
+        for request_id in ("nan", "inf"):
+            with pytest.raises(errors.UnknownRequestId):  # never a 500, never a NaN in the quality sums
+                store.join(request_id, [{"ghi_wm2": 3.0}, {"ghi_wm2": 3.0}])
+        assert [(q.n, q.sum_sq) for q in store.quality()] == [(2, 5.0)]
+    finally:
+        store.close()

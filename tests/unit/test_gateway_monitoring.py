@@ -397,12 +397,18 @@ def _stored(request_id: str, values: list[float], created_at: float) -> StoredPr
 
 
 def test_a_nan_stored_prediction_is_left_out_not_a_500(tmp_path: Path) -> None:
-    """SQLite stores a NaN sum as NULL: the NOT NULL insert failed and the feedback answered 500 every time."""
+    """SQLite stores a NaN sum as NULL: the NOT NULL insert failed and the feedback answered 500 every time.
+
+    ``submit`` now refuses a non-finite prediction; these rows stand for ones an older gateway stored.
+    """
     store = _store(tmp_path)
     try:
-        store.submit(_stored("nan-1", [float("nan"), 10.0], time.time()))
-        store.submit(_stored("nan-2", [float("nan")], time.time()))
+        store.submit(_stored("nan-0", [float("nan")], time.time()))
         store.flush()
+        with pytest.raises(UnknownRequestId):  # refused at submit: never stored
+            store.join("nan-0", [{"y": 1.0}])
+        store.write_batch([_stored("nan-1", [float("nan"), 10.0], time.time())])
+        store.write_batch([_stored("nan-2", [float("nan")], time.time())])
         assert store.join("nan-1", [{"y": 1.0}, {"y": 13.0}]).outcomes == 1  # only the finite prediction
         assert store.join("nan-2", [{"y": 1.0}]).outcomes == 0
         with pytest.raises(DuplicateFeedback):

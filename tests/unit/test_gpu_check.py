@@ -263,3 +263,32 @@ def test_cpu_mode_run_of_the_script_verifies_and_measures(tmp_path):
     ]
     table = (tmp_path / "gpu-cpu.md").read_text()
     assert "| solar_ghi_nobatch | onnxruntime CPU | off | 1 | 16 |" in table
+
+
+@pytest.mark.parametrize(("numeric", "ok"), [([[1.0, 2.0], [3.0, 4.0]], True), ([[1.0, 2.0], [None, 4.0]], False)])
+def test_the_reference_check_fails_an_engine_that_answers_nan(tmp_path, numeric, ok):
+    """``max(worst, nan)`` kept ``worst``: a variant whose engine answered NaN verified as ok."""
+    from types import SimpleNamespace
+
+    from benchmarks.gpu_check import verify
+    from tests.unit.fake_triton_http import serving_in_a_thread
+
+    version_dir = tmp_path / "1"
+    version_dir.mkdir()
+    (version_dir / "schema.json").write_text(json.dumps({"numeric_tensor": "x", "categorical_tensor": "c"}))
+    reference = {
+        "numeric": numeric,
+        "categorical": [[0], [1]],
+        "outputs": {"y": [2.0, 4.0, 6.0, 8.0]},
+        "tolerance": 1e-4,
+    }
+    (version_dir / "reference.json").write_text(json.dumps(reference))  # the fake answers y = 2 * x: NaN for None
+    with serving_in_a_thread() as fake:
+        host, port = fake.url.rsplit(":", 1)
+        result = verify(SimpleNamespace(host=host, http_port=int(port)), SimpleNamespace(name="m"), 1, version_dir)
+    assert result["ok"] is ok
+    if ok:
+        assert result["max_abs_error"] == 0.0
+    else:
+        assert result["max_abs_error"] is None
+        assert "output 'y' is not a finite number (NaN or infinity)" in result["error"]

@@ -234,6 +234,40 @@ def test_the_backend_opens_the_files_the_config_names(tmp_path: Path, monkeypatc
     assert model.inputs == [(SCHEMA.numeric_tensor, "float32"), (SCHEMA.categorical_tensor, "int64")]
 
 
+def test_the_backend_refuses_an_engine_that_answers_nan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max(worst, nan)`` kept ``worst``: an engine answering NaN on a reference row loaded and served."""
+    text = render_config("m", [SCHEMA], [1], ServingOptions())
+    backend = _backend(monkeypatch)
+
+    class DoublingEngine:
+        input_names = [SCHEMA.numeric_tensor, SCHEMA.categorical_tensor]
+        output_names = ["y"]
+        description = "fake"
+
+        def __init__(self, model_path: str, gpu_id: int | None, threads: int) -> None: ...
+
+        @staticmethod
+        def concat(parts: list[np.ndarray]) -> np.ndarray:
+            return parts[0]
+
+        @staticmethod
+        def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return [feed[SCHEMA.numeric_tensor][:, :1] * 2]  # a missing input (NaN) answers NaN
+
+    monkeypatch.setattr(backend, "OnnxRuntimeEngine", DoublingEngine)
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    for numeric in ([[None], [2.0]], [[0.5], [None]]):
+        reference = Reference(numeric=numeric, categorical=[[0], [0]], outputs={"y": [1.0, 4.0]}, tolerance=0.1)
+        (version / REFERENCE_FILE).write_text(reference.model_dump_json())
+        with pytest.raises(
+            _FakeBackendUtils.TritonModelException,
+            match=r"m v1: fake computed a value that is not a finite number \(NaN or infinity\) for output 'y' on "
+            r"the reference rows; not serving it",
+        ):
+            backend.TritonPythonModel().initialize(_triton_args(tmp_path, text))
+
+
 def test_the_backend_refuses_a_config_without_the_file_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = _backend(monkeypatch)
     text = render_config("m", [SCHEMA], [1], ServingOptions())

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
-from modelspec import ModelSchema
+from modelspec import ModelSchema, NumericFeature, OutputSpec
 from registry import export as export_mod
 from registry.demo_data import WIND_SECTORS, load_demo_dataset, wind_sector
-from registry.export import ParityError, export_onnx
+from registry.export import ParityError, export_onnx, export_torchscript
 from registry.profiling import build_profile
 from registry.tabular import encode, train_regressor
 
@@ -90,3 +91,51 @@ def test_profile_covers_every_feature_and_output(trained) -> None:
     assert set(profile.categorical) == {"wind_direction"}
     assert profile.numeric["ceiling_height_m"].missing_rate > 0.3
     assert set(profile.predictions) == {"ghi_wm2"}
+
+
+class _LogOfFirst(torch.nn.Module):
+    """``log(numeric[:, 0]) + categorical``: NaN on the rows whose first value is negative."""
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return torch.log(numeric[:, :1]) + categorical[:, :1].to(torch.float32)
+
+
+def _rows(negative: int) -> tuple[np.ndarray, np.ndarray]:
+    numeric = np.linspace(1.0, 2.0, 40, dtype=np.float32).reshape(40, 1)
+    numeric[:negative] *= -1  # log(-x) is NaN, in torch and onnxruntime alike
+    return numeric, np.zeros((40, 1), dtype=np.int64)
+
+
+_TINY = ModelSchema(
+    model_name="nan_model",
+    features=[NumericFeature(name="x", minimum=-2, maximum=2, example=1.0)],
+    outputs=[OutputSpec(name="y")],
+)
+
+
+def test_a_module_that_computes_nan_fails_both_parity_checks(tmp_path: Path) -> None:
+    numeric, categorical = _rows(negative=3)
+    with pytest.raises(
+        ParityError, match=r"the torch module computed a value that is not a finite number .* on 3 of 40"
+    ):
+        export_onnx(_LogOfFirst(), _TINY, numeric, categorical, tmp_path / "model.onnx")
+    with pytest.raises(ParityError, match=r"not a finite number .*no TorchScript file was written"):
+        export_torchscript(_LogOfFirst(), numeric, categorical, tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()
+    finite = _rows(negative=0)  # the same modules pass on finite outputs
+    assert export_onnx(_LogOfFirst(), _TINY, *finite, tmp_path / "ok.onnx").max_abs_error < 1e-5
+    assert export_torchscript(_LogOfFirst(), *finite, tmp_path / "ok.pt").max_abs_error < 1e-5
+
+
+def test_an_engine_that_answers_nan_fails_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch module is finite, the exported graph answers NaN (an FP16 overflow, say)."""
+
+    class NanSession(ort.InferenceSession):
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            outputs = super().run(*args, **kwargs)
+            outputs[0][-1] = np.nan
+            return outputs
+
+    monkeypatch.setattr(ort, "InferenceSession", NanSession)
+    with pytest.raises(ParityError, match=r"the ONNX export at batch size 1 computed a value that is not a finite"):
+        export_onnx(_LogOfFirst(), _TINY, *_rows(negative=0), tmp_path / "model.onnx")

@@ -82,6 +82,25 @@ def test_smoke_test_compares_with_the_reference() -> None:
         control.close()
 
 
+@pytest.mark.parametrize("missing", [0, 1])
+def test_a_smoke_test_that_answers_nan_fails(missing: int) -> None:
+    """A NaN input row doubles to a NaN output: ``max(worst, nan)`` kept ``worst`` and the smoke test passed."""
+    numeric: list[list[float | None]] = [[1.0, 2.0], [3.0, 4.0]]
+    numeric[missing][1] = None  # a missing number is NaN in the tensor: the fake answers 2 * NaN
+    nan_reference = Reference(
+        numeric=numeric, categorical=[[0], [1]], outputs={"y": [2.0, 4.0, 6.0, 8.0]}, tolerance=1e-6
+    )
+    with serving() as server:
+        control = TritonControl(server.url, timeout_s=5)
+        with pytest.raises(
+            TritonControlError,
+            match=r"m v1 on .* computed a value that is not a finite number \(NaN or infinity\) for output 'y' on the "
+            r"reference rows; it is not served\. Check the engine",
+        ):
+            control.smoke_test("m", 1, SCHEMA, nan_reference)
+        control.close()
+
+
 def test_each_thread_has_its_own_connection() -> None:
     with serving() as server:
         control = TritonControl(server.url, timeout_s=5)

@@ -290,7 +290,7 @@ class TritonPythonModel:
         return OnnxRuntimeEngine(onnx_path, None, threads), f"fallback to CPU: {why}"
 
     def _check_reference(self) -> None:
-        """Run the stored reference rows; raise when the engine does not reproduce them."""
+        """Run the stored reference rows; raise when the engine does not reproduce them or answers NaN."""
         path = self.files["reference_file"]
         if not os.path.isfile(path):
             return
@@ -308,6 +308,13 @@ class TritonPythonModel:
         for name, out in zip(self.outputs, results, strict=True):
             got = np.asarray(out.numpy() if isinstance(self.engine, TorchEngine) else out, dtype=np.float64)
             expected = np.asarray(ref["outputs"][name], dtype=np.float64)
+            # Checked first: a NaN difference compares false, so max(worst, nan) would keep worst and pass.
+            if not np.isfinite(got).all():
+                raise pb_utils.TritonModelException(
+                    f"{self.model_name} v{self.version}: {self.engine.description} computed a value that is not a "
+                    f"finite number (NaN or infinity) for output {name!r} on the reference rows; not serving it. "
+                    "Check the engine (an FP16 overflow, say) or choose another one (config parameter engine)"
+                )
             worst = max(worst, float(np.abs(got.reshape(len(expected), -1)[:, 0] - expected).max(initial=0.0)))
         if not worst <= float(ref["tolerance"]):
             raise pb_utils.TritonModelException(
