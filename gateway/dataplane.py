@@ -6,7 +6,8 @@ bytes and headers or a :class:`~gateway.errors.GatewayError`, into a response. A
 the order :meth:`Gateway.predict` takes it:
 
 1. admission: more than ``max_in_flight`` requests at once answer ``overloaded`` (503) before
-   the body is read;
+   the body is read; a request takes its in-flight slot only once its body is read (a client that
+   trickles its body holds no slot, and is cut after ``body_read_timeout_s``, 408);
 2. :meth:`Gateway.choose_version`: the champion, or the challenger for the model's canary share,
    and whether the request is mirrored to the challenger (shadow);
 3. the body is read and parsed, and validated against that version's schema
@@ -49,7 +50,7 @@ from gateway.policy import PolicyStore
 from gateway.serving import ServedModels, ServedVersion
 from gateway.settings import GatewaySettings
 from gateway.shadow import SHADOW_SUFFIX, Shadow
-from gateway.transport import parse_json, valid_request_id
+from gateway.transport import BodyDeadlines, parse_json, valid_request_id
 from gateway.upstream import InferenceClient, make_client
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ class Gateway:
         self.feedback: FeedbackStore | None = None
         self.audit: AuditLog | None = None
         self.in_flight = 0
+        self.feedback_in_flight = 0
+        self.body_deadlines = BodyDeadlines(settings.body_read_timeout_s)
         self.draining = False
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self.shadow = Shadow(self.models, settings, self.metrics, self.client, self._observe)
@@ -139,6 +142,7 @@ class Gateway:
         while self.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await self.shadow.drain(max(0.1, deadline - time.monotonic()))
+        await self.body_deadlines.stop()
         client, self.triton = self.triton, None
         if client is not None:
             await client.close()
@@ -232,14 +236,19 @@ class Gateway:
                 "too many requests in flight; retry shortly",
                 headers={"Retry-After": "1", "x-request-id": request_id},
             )
-        self.in_flight += 1
         in_flight = metrics.child(metrics.in_flight, route)
-        in_flight.inc()
+        counted = False
         try:
             served, shadow = self.choose_version(model)
             outcome.served = served
             outcome.body = await read_body(self.settings.max_body_bytes)
-            body = parse_json(outcome.body)
+            # The slot is for work: taken once the body is here, so slow senders never hold one.
+            if self.in_flight >= self.settings.max_in_flight:
+                raise Overloaded("too many requests in flight; retry shortly", headers={"Retry-After": "1"})
+            self.in_flight += 1
+            in_flight.inc()
+            counted = True
+            body = parse_json(outcome.body, self.settings.max_records + 2)
             if self.settings.audit_log_payloads:
                 outcome.payload = body
             batch = validate(served.schema, body, self.settings.max_records)
@@ -280,8 +289,9 @@ class Gateway:
             outcome.status, outcome.code = 500, "internal_error"
             raise
         finally:
-            self.in_flight -= 1
-            in_flight.dec()
+            if counted:
+                self.in_flight -= 1
+                in_flight.dec()
             elapsed = time.perf_counter() - started
             version_label = str(outcome.served.version) if outcome.served else ""
             label = model if outcome.served else self._model_label(model)
@@ -355,12 +365,17 @@ class Gateway:
         route = "/feedback"
         outcome = _Outcome()
         model, version, request_id = "", "", ""
+        counted = False
         try:
             store = self.feedback
             if store is None:
                 raise ModelNotReady("feedback is switched off on this gateway (MODELOPS_GATEWAY_FEEDBACK_ENABLED)")
             outcome.body = await read_body(self.settings.max_body_bytes)
-            body = parse_json(outcome.body)
+            if self.feedback_in_flight >= self.settings.feedback_max_in_flight:
+                raise Overloaded("too many feedback requests in flight; retry shortly", headers={"Retry-After": "1"})
+            self.feedback_in_flight += 1
+            counted = True
+            body = parse_json(outcome.body, self.settings.max_records + 2)
             if not isinstance(body, dict):
                 raise InvalidInput("the body must be an object with request_id and outcomes", field="body")
             extra = [k for k in body if k not in ("request_id", "outcomes")]
@@ -388,6 +403,8 @@ class Gateway:
             outcome.status, outcome.code = 500, "internal_error"
             raise
         finally:
+            if counted:
+                self.feedback_in_flight -= 1
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(model, version, route, str(outcome.status), outcome.code).inc()
             self.metrics.latency.labels(model, version, route).observe(elapsed)
