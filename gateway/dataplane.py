@@ -132,6 +132,7 @@ class Gateway:
                 max_bytes=s.audit_log_max_bytes,
                 backups=s.audit_log_backups,
                 payloads=s.audit_log_payloads,
+                queue_max_bytes=s.audit_queue_max_bytes,
             )
             self.audit.start()
 
@@ -262,6 +263,16 @@ class Gateway:
                 matrix = await infer_in_chunks(
                     self.client(), served, batch, self.models.max_batch_size(model), request_id
                 )
+            except ModelNotReady:
+                if served.alias != "challenger":
+                    raise
+                # The challenger is changing (unloaded before routing says so): the champion answers.
+                served, batch = self._champion_instead(model, served, body)
+                outcome.served, outcome.records, outcome.flags = served, batch.rows, len(batch.flags)
+                version = str(served.version)
+                matrix = await infer_in_chunks(
+                    self.client(), served, batch, self.models.max_batch_size(model), request_id
+                )
             finally:
                 metrics.child(metrics.triton_latency, model, version).observe(time.perf_counter() - called)
             self._observe(served, batch, matrix, request_id)
@@ -298,6 +309,12 @@ class Gateway:
             metrics.child(metrics.requests, label, version_label, route, str(outcome.status), outcome.code).inc()
             metrics.child(metrics.latency, label, version_label, route).observe(elapsed)
             self._audit(wall, request_id, route, model, outcome, elapsed)
+
+    def _champion_instead(self, model: str, challenger: ServedVersion, body: Any) -> tuple[ServedVersion, Batch]:
+        """The champion and the request validated for it, for a canary request the challenger could not take."""
+        champion = self.models.target(model)
+        log.warning("%s challenger v%s is not ready in Triton: the champion answers", model, challenger.version)
+        return champion, validate(champion.schema, body, self.settings.max_records)
 
     def _model_label(self, model: str) -> str:
         """``model`` when it is served, else ``_unknown``: clients choose the name in the URL, and
