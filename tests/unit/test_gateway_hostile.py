@@ -105,7 +105,7 @@ def test_trickling_bodies_hold_no_slot_and_are_cut_at_the_deadline(tmp_path: Pat
             statuses = [s for s, _ in ordinary]
             assert statuses == [200] * 40, statuses
             latencies = sorted(t for _, t in ordinary)
-            assert latencies[-1] < 0.5, latencies  # p99 of 40 is the slowest
+            assert latencies[-1] < 0.1, latencies  # p99 of 40 is the slowest; the budget is 100 ms (docs/deploy.md)
             cut = await asyncio.wait_for(asyncio.gather(*trickling), timeout_s + 10)
             assert {status for status, _, _ in cut} == {408}
             assert all(closed for _, _, closed in cut)
