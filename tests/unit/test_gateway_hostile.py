@@ -16,7 +16,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.audit import AuditEntry, AuditLog
 from gateway.dataplane import Gateway
-from gateway.errors import MalformedRequest, ModelNotReady, PayloadTooLarge, UpstreamTimeout
+from gateway.errors import MalformedRequest, ModelNotReady, Overloaded, PayloadTooLarge, UpstreamTimeout
 from gateway.policy import TrafficPolicy
 from gateway.settings import GatewaySettings
 from gateway.testing import MODEL, FakeTriton, factory, given_body, metric_value, training_records, write_repository
@@ -315,5 +315,48 @@ def test_a_canary_request_falls_back_to_the_champion_when_the_challenger_is_not_
         assert (headers["x-model-alias"], headers["x-model-version"]) == ("champion", "1")
         assert orjson.loads(body)["model"]["version"] == 1
         assert [c[1] for c in fake.calls] == [2, 1]
+
+    asyncio.run(main())
+
+
+# -- item 8 (sibling): /feedback has an in-flight cap of its own ------------------------------------------------
+
+
+def test_feedback_sheds_load_beyond_its_in_flight_cap(tmp_path: Path) -> None:
+    """With ``feedback_max_in_flight=1`` and one /feedback stuck in the store, the next is 503 overloaded
+    at once (before: no cap, every one waited for a thread)."""
+    import threading
+
+    write_repository(tmp_path / "repo", champion=1)
+    gw = Gateway(_settings(tmp_path, feedback_max_in_flight=1), factory(FakeTriton()))
+    gw.refresh()
+    release = threading.Event()
+
+    async def main() -> None:
+        gw.start()
+        assert gw.feedback is not None
+        real_join = gw.feedback.join
+
+        def slow_join(request_id: str, outcomes: Any) -> Any:
+            release.wait(5)
+            return real_join(request_id, outcomes)
+
+        gw.feedback.join = slow_join  # type: ignore[method-assign]
+        try:
+            await gw.predict(MODEL, "fb-1", given_body(training_records(1)))
+            await gw.predict(MODEL, "fb-2", given_body(training_records(1)))
+            gw.feedback.flush()
+            first = asyncio.create_task(
+                gw.join_outcome(given_body({"request_id": "fb-1", "outcomes": [{"ghi_wm2": 1.0}]}))
+            )
+            await asyncio.sleep(0.05)
+            with pytest.raises(Overloaded):
+                await gw.join_outcome(given_body({"request_id": "fb-2", "outcomes": [{"ghi_wm2": 1.0}]}))
+            release.set()
+            await first
+            assert gw.feedback_in_flight == 0
+        finally:
+            release.set()
+            await gw.stop(grace_s=1.0)
 
     asyncio.run(main())
