@@ -183,9 +183,10 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 def parse_json(raw: bytes, max_containers: int | None = None) -> Any:
     """Parse a JSON body once; MalformedRequest (400) when it is not JSON.
 
-    NaN, Infinity and -Infinity are not JSON orjson accepts; only when orjson stops at one of them
-    (or at a lone surrogate) is the body read again with the standard library, so validation can
-    name the field that holds them (422). Any other invalid body is parsed once.
+    NaN, Infinity, -Infinity and numbers beyond a double (1e400) are not JSON orjson accepts; only
+    when orjson stops at one of them (or at a lone surrogate) is the body read again with the
+    standard library, so validation can name the field that holds them (422). Any other invalid
+    body is parsed once.
 
     Args:
         raw: the body.
@@ -198,7 +199,10 @@ def parse_json(raw: bytes, max_containers: int | None = None) -> Any:
     if max_containers is not None and raw.count(b"{") + raw.count(b"[") > max_containers:
         # Brackets inside strings do not count: only then is the (rarer, slower) exact count made.
         bare = _JSON_STRING.sub(b"", raw) if b'"' in raw else raw
-        if bare.count(b"{") + bare.count(b"[") > max_containers:
+        opened = bare.count(b"{"), bare.count(b"[")
+        if sum(opened) > max_containers:
+            if opened != (bare.count(b"}"), bare.count(b"]")):  # unbalanced outside strings: not JSON at all
+                raise MalformedRequest("the body is not valid JSON (unbalanced brackets)", field="body")
             raise PayloadTooLarge(
                 f"the body holds more than {max_containers} objects and arrays: send at most the record limit "
                 "per request, one flat object per record",
@@ -209,7 +213,12 @@ def parse_json(raw: bytes, max_containers: int | None = None) -> Any:
     except orjson.JSONDecodeError as exc:
         first = exc
     at = raw[first.pos : first.pos + 1]
-    if at in (b"N", b"I") or raw[max(0, first.pos - 1) : first.pos + 1] == b"-I" or "surrogate" in first.msg:
+    if (
+        at in (b"N", b"I")
+        or raw[max(0, first.pos - 1) : first.pos + 1] == b"-I"
+        or "surrogate" in first.msg
+        or "infinity" in first.msg  # 1e400, or an integer of hundreds of digits
+    ):
         try:
             return json.loads(raw)
         except (ValueError, RecursionError):

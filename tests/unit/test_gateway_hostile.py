@@ -69,7 +69,7 @@ def test_trickling_bodies_hold_no_slot_and_are_cut_at_the_deadline(tmp_path: Pat
     512: ordinary /predict calls are all answered (200) within the p99 budget while they trickle, and
     every trickling connection is answered 408 request_timeout and closed at the body deadline."""
     write_repository(tmp_path / "repo", champion=1)
-    timeout_s = 3.0
+    timeout_s = 4.0
     app = create_app(_settings(tmp_path, body_read_timeout_s=timeout_s), factory(FakeTriton()))
 
     async def main() -> None:
@@ -99,17 +99,19 @@ def test_trickling_bodies_hold_no_slot_and_are_cut_at_the_deadline(tmp_path: Pat
         trickling: list[asyncio.Task[Any]] = []
         try:
             trickling += [asyncio.create_task(trickle()) for _ in range(TRICKLERS)]
-            await asyncio.sleep(1.0)  # all of them connected and sending
+            waited = time.monotonic()
+            while app.gateway.body_deadlines.reading < TRICKLERS and time.monotonic() - waited < 2.0:
+                await asyncio.sleep(0.05)  # all of them connected and sending
             assert app.gateway.body_deadlines.reading == TRICKLERS
-            ordinary = [await _predict(port) for _ in range(40)]
+            ordinary = [await _predict(port) for _ in range(100)]
             statuses = [s for s, _ in ordinary]
-            assert statuses == [200] * 40, statuses
+            assert statuses == [200] * 100, statuses
             latencies = sorted(t for _, t in ordinary)
-            assert latencies[-1] < 0.1, latencies  # p99 of 40 is the slowest; the budget is 100 ms (docs/deploy.md)
+            assert latencies[98] < 0.1, latencies  # the p99 budget is 100 ms (docs/deploy.md)
             cut = await asyncio.wait_for(asyncio.gather(*trickling), timeout_s + 10)
             assert {status for status, _, _ in cut} == {408}
             assert all(closed for _, _, closed in cut)
-            assert max(at for _, at, _ in cut) < timeout_s + 2.5
+            assert max(at for _, at, _ in cut) < timeout_s + 3.0
             assert min(at for _, at, _ in cut) >= timeout_s - 0.1
             exposition = app.gateway.metrics.exposition().decode()
             assert metric_value(exposition, "modelops_gateway_requests_total", code="request_timeout") == TRICKLERS
