@@ -46,6 +46,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.contract import request_body_schema
 from gateway.dataplane import ClientFactory, Gateway
 from gateway.errors import (
+    ClientDisconnected,
     Forbidden,
     GatewayError,
     InvalidInput,
@@ -109,8 +110,12 @@ class GatewayApp(FastAPI):
         try:
             if gw.settings.api_keys:
                 check_bearer(request, gw.settings.api_keys)
-            body, headers = await gw.predict(model, request_id_of(request), partial(read_json_bytes, request))
+            body, headers = await gw.predict(
+                model, request_id_of(request), partial(read_json_bytes, request, deadlines=gw.body_deadlines)
+            )
             response: Response = Response(body, media_type=JSON, headers=headers)
+        except ClientDisconnected:
+            return  # nobody is left to answer (counted and audited as 499 client_disconnected)
         except GatewayError as exc:
             response = _error_response(exc)
         except ClientDisconnect:
@@ -203,7 +208,9 @@ def create_app(settings: GatewaySettings | None = None, client_factory: ClientFa
             check_bearer(request, settings.api_keys)
 
     async def predict_response(request: Request, model: str) -> Response:
-        body, headers = await gw.predict(model, request_id_of(request), partial(read_json_bytes, request))
+        body, headers = await gw.predict(
+            model, request_id_of(request), partial(read_json_bytes, request, deadlines=gw.body_deadlines)
+        )
         return Response(body, media_type=JSON, headers=headers)
 
     # Registered for the OpenAPI document: GatewayApp.__call__ serves POST /predict before FastAPI
@@ -249,7 +256,9 @@ def create_app(settings: GatewaySettings | None = None, client_factory: ClientFa
         """Join the true outcome of an earlier `/predict` (by its `request_id`) to the prediction and
         its version; feeds `modelops_gateway_live_quality`. Each request id takes one report."""
         api_key(request)
-        return Response(await gw.join_outcome(partial(read_json_bytes, request)), media_type=JSON)
+        return Response(
+            await gw.join_outcome(partial(read_json_bytes, request, deadlines=gw.body_deadlines)), media_type=JSON
+        )
 
     @app.get("/models", tags=["models"], summary="Served models, their versions and fields")
     async def models(request: Request) -> dict[str, Any]:
@@ -308,7 +317,7 @@ def create_app(settings: GatewaySettings | None = None, client_factory: ClientFa
         ``routing_poll_s`` when ``traffic_policy_path`` is set."""
         admin_key(request)
         gw.models.routing(name)  # 404 for a model that is not served
-        body = parse_json(await read_json_bytes(request, 64 * 1024))
+        body = parse_json(await read_json_bytes(request, 64 * 1024, gw.body_deadlines))
         try:
             policy = TrafficPolicy.model_validate(body)
         except ValidationError as exc:

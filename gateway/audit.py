@@ -59,8 +59,18 @@ class AuditLog(BackgroundWriter[AuditEntry]):
 
     name = "audit-log"
 
-    def __init__(self, path: Path, *, max_bytes: int, backups: int, payloads: bool) -> None:
-        super().__init__()
+    def __init__(
+        self, path: Path, *, max_bytes: int, backups: int, payloads: bool, queue_max_bytes: int | None = None
+    ) -> None:
+        """Args:
+        path: the file (``{pid}`` replaced by the process id).
+        max_bytes: the size at which the file rotates.
+        backups: rotated files kept.
+        payloads: also write the parsed request bodies.
+        queue_max_bytes: the most bytes of request bodies waiting to be written (beyond it lines are
+            dropped, counted); None = bounded by count only.
+        """
+        super().__init__(max_buffered_bytes=queue_max_bytes)
         self.path = audit_path(path)
         self.max_bytes = max_bytes
         self.backups = backups
@@ -68,6 +78,10 @@ class AuditLog(BackgroundWriter[AuditEntry]):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] | None = None
         self._size = 0
+
+    def size_of(self, item: AuditEntry) -> int:
+        """The raw body an entry holds until it is hashed (plus a line's worth of fields)."""
+        return len(item.body) + 256
 
     def _open(self) -> IO[bytes]:
         if self._file is None:

@@ -8,7 +8,9 @@ transaction or one file write per interval instead of one per request. Waking th
 (what a ``queue.Queue`` does) cost the event loop more than the writing itself: every wake-up is a
 GIL hand-over in the middle of request handling. ``flush`` wakes the thread at once.
 
-When the buffer is full the item is dropped and counted rather than slowing requests down.
+When the buffer is full (``capacity`` items, or ``max_buffered_bytes`` of what :meth:`BackgroundWriter.size_of`
+counts, e.g. the request bodies the audit log holds until it hashes them) the item is dropped and
+counted rather than slowing requests down.
 """
 
 from __future__ import annotations
@@ -44,8 +46,16 @@ class BackgroundWriter(Generic[T]):
     interval_s = 0.1
     """How long items wait to be written at most (plus the time of the write before them)."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 100_000, max_buffered_bytes: int | None = None) -> None:
+        """Args:
+        capacity: the most items buffered.
+        max_buffered_bytes: the most bytes buffered, as :meth:`size_of` counts them; None = no bound.
+        """
         self.capacity = capacity
+        self.max_buffered_bytes = max_buffered_bytes
+        # Two counters with one writer each (the submitting thread, the writer thread): no lock, no lost update.
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._buffer: deque[T | _Flush | _Stop] = deque()
         self._wake = threading.Event()
         self.dropped = 0
@@ -57,11 +67,27 @@ class BackgroundWriter(Generic[T]):
         self._thread = threading.Thread(target=self._run, name=f"modelops-{self.name}", daemon=True)
         self._thread.start()
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes buffered, as :meth:`size_of` counts them."""
+        return self._bytes_in - self._bytes_out
+
+    def size_of(self, item: T) -> int:
+        """The bytes ``item`` holds while buffered (counted against ``max_buffered_bytes``); 0 unless overridden."""
+        return 0
+
     def submit(self, item: T) -> None:
         """Buffer ``item`` without blocking; drop it (counted, logged at most once a minute) when full."""
-        if len(self._buffer) < self.capacity:
-            self._buffer.append(item)  # deque.append is atomic: no lock needed
-            return
+        if self.max_buffered_bytes is None:
+            if len(self._buffer) < self.capacity:
+                self._buffer.append(item)  # deque.append is atomic: no lock needed
+                return
+        else:
+            size = self.size_of(item)
+            if len(self._buffer) < self.capacity and self._bytes_in - self._bytes_out + size <= self.max_buffered_bytes:
+                self._bytes_in += size
+                self._buffer.append(item)
+                return
         self.dropped += 1
         now = time.monotonic()
         if now - self._last_drop_log > 60:
@@ -115,6 +141,8 @@ class BackgroundWriter(Generic[T]):
                 break  # write what came before the marker, then answer it
             else:
                 items.append(entry)
+        if self.max_buffered_bytes is not None and items:
+            self._bytes_out += sum(self.size_of(item) for item in items)
         return items, markers, stop
 
     def _run(self) -> None:

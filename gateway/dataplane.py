@@ -6,7 +6,8 @@ bytes and headers or a :class:`~gateway.errors.GatewayError`, into a response. A
 the order :meth:`Gateway.predict` takes it:
 
 1. admission: more than ``max_in_flight`` requests at once answer ``overloaded`` (503) before
-   the body is read;
+   the body is read; a request takes its in-flight slot only once its body is read (a client that
+   trickles its body holds no slot, and is cut after ``body_read_timeout_s``, 408);
 2. :meth:`Gateway.choose_version`: the champion, or the challenger for the model's canary share,
    and whether the request is mirrored to the challenger (shadow);
 3. the body is read and parsed, and validated against that version's schema
@@ -50,7 +51,7 @@ from gateway.policy import PolicyStore
 from gateway.serving import ServedModels, ServedVersion
 from gateway.settings import GatewaySettings
 from gateway.shadow import SHADOW_SUFFIX, Shadow
-from gateway.transport import parse_json, valid_request_id
+from gateway.transport import BodyDeadlines, parse_json, valid_request_id
 from gateway.upstream import InferenceClient, make_client
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class Gateway:
         self.feedback: FeedbackStore | None = None
         self.audit: AuditLog | None = None
         self.in_flight = 0
+        self.feedback_in_flight = 0
+        self.body_deadlines = BodyDeadlines(settings.body_read_timeout_s)
         self.draining = False
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self.shadow = Shadow(self.models, settings, self.metrics, self.client, self._observe)
@@ -130,6 +133,7 @@ class Gateway:
                 max_bytes=s.audit_log_max_bytes,
                 backups=s.audit_log_backups,
                 payloads=s.audit_log_payloads,
+                queue_max_bytes=s.audit_queue_max_bytes,
             )
             self.audit.start()
 
@@ -140,6 +144,7 @@ class Gateway:
         while self.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await self.shadow.drain(max(0.1, deadline - time.monotonic()))
+        await self.body_deadlines.stop()
         client, self.triton = self.triton, None
         if client is not None:
             await client.close()
@@ -233,14 +238,19 @@ class Gateway:
                 "too many requests in flight; retry shortly",
                 headers={"Retry-After": "1", "x-request-id": request_id},
             )
-        self.in_flight += 1
         in_flight = metrics.child(metrics.in_flight, route)
-        in_flight.inc()
+        counted = False
         try:
             served, shadow = self.choose_version(model)
             outcome.served = served
             outcome.body = await read_body(self.settings.max_body_bytes)
-            body = parse_json(outcome.body)
+            # The slot is for work: taken once the body is here, so slow senders never hold one.
+            if self.in_flight >= self.settings.max_in_flight:
+                raise Overloaded("too many requests in flight; retry shortly", headers={"Retry-After": "1"})
+            self.in_flight += 1
+            in_flight.inc()
+            counted = True
+            body = parse_json(outcome.body, self.settings.max_records + 2)
             if self.settings.audit_log_payloads:
                 outcome.payload = body
             batch = validate(served.schema, body, self.settings.max_records)
@@ -251,6 +261,16 @@ class Gateway:
                 metrics.flags.labels(model, version, flag.field, flag.reason).inc()
             called = time.perf_counter()
             try:
+                matrix = await infer_in_chunks(
+                    self.client(), served, batch, self.models.max_batch_size(model), request_id
+                )
+            except ModelNotReady:
+                if served.alias != "challenger":
+                    raise
+                # The challenger is changing (unloaded before routing says so): the champion answers.
+                served, batch = self._champion_instead(model, served, body)
+                outcome.served, outcome.records, outcome.flags = served, batch.rows, len(batch.flags)
+                version = str(served.version)
                 matrix = await infer_in_chunks(
                     self.client(), served, batch, self.models.max_batch_size(model), request_id
                 )
@@ -284,14 +304,21 @@ class Gateway:
             outcome.status, outcome.code = 500, "internal_error"
             raise
         finally:
-            self.in_flight -= 1
-            in_flight.dec()
+            if counted:
+                self.in_flight -= 1
+                in_flight.dec()
             elapsed = time.perf_counter() - started
             version_label = str(outcome.served.version) if outcome.served else ""
             label = model if outcome.served else self._model_label(model)
             metrics.child(metrics.requests, label, version_label, route, str(outcome.status), outcome.code).inc()
             metrics.child(metrics.latency, label, version_label, route).observe(elapsed)
             self._audit(wall, request_id, route, model, outcome, elapsed)
+
+    def _champion_instead(self, model: str, challenger: ServedVersion, body: Any) -> tuple[ServedVersion, Batch]:
+        """The champion and the request validated for it, for a canary request the challenger could not take."""
+        champion = self.models.target(model)
+        log.warning("%s challenger v%s is not ready in Triton: the champion answers", model, challenger.version)
+        return champion, validate(champion.schema, body, self.settings.max_records)
 
     def _model_label(self, model: str) -> str:
         """``model`` when it is served, else ``_unknown``: clients choose the name in the URL, and
@@ -359,12 +386,17 @@ class Gateway:
         route = "/feedback"
         outcome = _Outcome()
         model, version, request_id = "", "", ""
+        counted = False
         try:
             store = self.feedback
             if store is None:
                 raise ModelNotReady("feedback is switched off on this gateway (MODELOPS_GATEWAY_FEEDBACK_ENABLED)")
             outcome.body = await read_body(self.settings.max_body_bytes)
-            body = parse_json(outcome.body)
+            if self.feedback_in_flight >= self.settings.feedback_max_in_flight:
+                raise Overloaded("too many feedback requests in flight; retry shortly", headers={"Retry-After": "1"})
+            self.feedback_in_flight += 1
+            counted = True
+            body = parse_json(outcome.body, self.settings.max_records + 2)
             if not isinstance(body, dict):
                 raise InvalidInput("the body must be an object with request_id and outcomes", field="body")
             extra = [k for k in body if k not in ("request_id", "outcomes")]
@@ -392,6 +424,8 @@ class Gateway:
             outcome.status, outcome.code = 500, "internal_error"
             raise
         finally:
+            if counted:
+                self.feedback_in_flight -= 1
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(model, version, route, str(outcome.status), outcome.code).inc()
             self.metrics.latency.labels(model, version, route).observe(elapsed)

@@ -167,3 +167,17 @@ class UpstreamTimeout(GatewayError):
 
     status_code = 504
     code = "upstream_timeout"
+
+
+class RequestTimeout(GatewayError):
+    """408: the body did not arrive within ``body_read_timeout_s``; send it at once (the connection is closed)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class ClientDisconnected(GatewayError):
+    """499 (never sent): the client went away mid-request; counted and audited so, not as a 500."""
+
+    status_code = 499
+    code = "client_disconnected"

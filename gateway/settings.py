@@ -49,6 +49,16 @@ class GatewaySettings(BaseSettings):
     max_in_flight: int = Field(
         512, ge=1, description="Concurrent predict requests per worker before shedding load (503 + Retry-After)."
     )
+    body_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Most seconds a request body may take to arrive (408 request_timeout beyond, and the "
+        "connection is closed): a client trickling its body is cut instead of holding its connection.",
+    )
+    feedback_max_in_flight: int = Field(
+        64, ge=1, description="Concurrent POST /feedback requests per worker before shedding load (503 + Retry-After)."
+    )
     range_policy_overrides: dict[str, Literal["reject", "flag"]] = Field(
         default_factory=dict,
         description='Override the schema\'s out-of-range policy: {"<model>.<feature>": "reject"|"flag"}; '
@@ -76,6 +86,12 @@ class GatewaySettings(BaseSettings):
     )
     shadow_max_in_flight: int = Field(
         64, ge=1, description="Shadow calls running at once per worker; beyond it mirrors are dropped (counted)."
+    )
+    shadow_max_connections: int = Field(
+        4,
+        ge=1,
+        description="Triton calls of the shadow path at once per worker (the others wait), at most half of "
+        "triton_max_connections: a slow challenger never holds the connections the champion answers with.",
     )
 
     # --- monitoring -----------------------------------------------------------------------------
@@ -109,6 +125,12 @@ class GatewaySettings(BaseSettings):
     )
     audit_log_payloads: bool = Field(False, description="Also write request bodies into the audit log.")
     audit_log_max_bytes: int = Field(50 * 1024 * 1024, ge=4096, description="Size at which the audit log rotates.")
+    audit_queue_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of request bodies waiting for the audit writer; beyond it lines are dropped "
+        "(counted in modelops_gateway_dropped_total).",
+    )
     audit_log_backups: int = Field(5, ge=1, le=1000, description="Rotated audit files kept.")
 
     # --- shutdown -------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Shadow traffic: requests the champion answered are mirrored to the model's challenger.
 
 The mirrored call runs as a task after the client has its answer, so it never adds latency;
-at most ``shadow_max_in_flight`` run at once (beyond that a mirror is dropped and counted). The
+at most ``shadow_max_in_flight`` run at once (beyond that a mirror is dropped and counted), and
+at most ``shadow_max_connections`` of them call Triton at once (the rest wait): the champion
+shares the Triton client's connection pool, and a slow challenger must never hold all of it. The
 challenger's answer is stored like any prediction, under ``<request_id>:shadow``
 (:data:`SHADOW_SUFFIX`), so feedback for the request scores the challenger too, and its
 disagreement with the champion is recorded per record
@@ -63,6 +65,19 @@ class Shadow:
         self._client = client
         self._observe = observe
         self.tasks: set[asyncio.Task[None]] = set()
+        self._budget: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+    @property
+    def max_connections(self) -> int:
+        """Triton calls the shadow path may have at once: at most half the client's connections."""
+        return max(1, min(self.settings.shadow_max_connections, self.settings.triton_max_connections // 2))
+
+    def _connections(self) -> asyncio.Semaphore:
+        """The shadow path's share of the Triton connections (one per event loop: tests run several)."""
+        loop = asyncio.get_running_loop()
+        if self._budget is None or self._budget[0] is not loop:
+            self._budget = (loop, asyncio.Semaphore(self.max_connections))
+        return self._budget[1]
 
     def mirror(self, champion: ServedVersion, body: Any, batch: Batch, answer: np.ndarray, request_id: str) -> None:
         """Start the shadow call of a request the champion answered, without waiting for it.
@@ -106,17 +121,18 @@ class Shadow:
                 if challenger.schema.features == champion.schema.features
                 else validate(challenger.schema, body, self.settings.max_records)
             )
-            started = time.perf_counter()
-            try:
-                matrix = await infer_in_chunks(
-                    self._client(),
-                    challenger,
-                    mirrored,
-                    self.models.max_batch_size(model),
-                    f"{request_id}{SHADOW_SUFFIX}",
-                )
-            finally:
-                self.metrics.shadow_latency.labels(model, version).observe(time.perf_counter() - started)
+            async with self._connections():
+                started = time.perf_counter()
+                try:
+                    matrix = await infer_in_chunks(
+                        self._client(),
+                        challenger,
+                        mirrored,
+                        self.models.max_batch_size(model),
+                        f"{request_id}{SHADOW_SUFFIX}",
+                    )
+                finally:
+                    self.metrics.shadow_latency.labels(model, version).observe(time.perf_counter() - started)
             self._observe(challenger, mirrored, matrix, f"{request_id}{SHADOW_SUFFIX}")
             champion_names = [o.name for o in champion.schema.outputs]
             challenger_names = [o.name for o in challenger.schema.outputs]
