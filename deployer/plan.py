@@ -12,6 +12,7 @@ step. Nothing here talks to MLflow or Triton, and only :meth:`VersionBundle.read
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -190,6 +191,13 @@ def gate(
     new = candidate.manifest.metrics.get(metric.name)
     if old is None or new is None:
         return GateVerdict(alias, version)
+    if not math.isfinite(new):  # NaN compares false with everything: it would pass as "not worse"
+        return GateVerdict(
+            alias,
+            version,
+            f"{metric.name} of v{version} is {new}, which the quality gate cannot compare; "
+            "check the training run, then re-register the version",
+        )
     margin = settings.quality_margin
     worse = new < old * (1 - margin) if metric.greater_is_better else new > old * (1 + margin)
     if worse:

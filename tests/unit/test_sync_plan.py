@@ -171,6 +171,15 @@ def test_the_quality_margin_is_relative_and_inclusive_at_its_boundary(
     assert p.champion == (1 if blocked else 2)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_champion_whose_quality_metric_is_not_finite_is_blocked(value: float) -> None:
+    # NaN compared with the margin is False either way: it passed the gate as "not worse".
+    p = plan(routed(1), {"champion": 2}, {1: bundle(1, rmse=20.0), 2: bundle(2, rmse=value)})
+    (verdict,) = p.blocked
+    assert verdict.reason is not None and "cannot compare" in verdict.reason
+    assert p.champion == 1
+
+
 def test_the_quality_margin_comes_from_the_settings() -> None:
     bundles = {1: bundle(1, rmse=20.0), 2: bundle(2, rmse=24.0)}
     assert plan(routed(1), {"champion": 2}, bundles).blocked
