@@ -178,7 +178,13 @@ class Gateway:
                 self._dropped_seen[name] = writer.dropped
 
     async def ready(self) -> bool:
-        """Triton ready and the default model's champion loaded (answer cached briefly)."""
+        """The default model's champion loaded and ready in Triton (answer cached briefly).
+
+        Triton's own readiness (``/v2/health/ready``) is not asked: Triton runs with strict
+        readiness, which stays false while any version of any model failed to load, e.g. a
+        candidate that the sync controller refused and reverted; the gateway can serve all the
+        same, and must not drop out of its load balancer for it.
+        """
         if self.draining:
             return False
         checked_at, answer = self._ready_cache
@@ -188,7 +194,7 @@ class Gateway:
         try:
             champion = self.models.target(self.settings.default_model)
             client = self.client()
-            answer = await client.server_ready() and await client.model_ready(champion.model, champion.version)
+            answer = await client.model_ready(champion.model, champion.version)
         except GatewayError:
             answer = False
         self._ready_cache = (time.monotonic(), answer)

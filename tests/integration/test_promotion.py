@@ -159,6 +159,7 @@ def test_worse_quality_is_blocked_unless_forced(running_stack: RunningStack, cli
     assert main(["promote", "solar_ghi", str(live), "--wait", "10"]) == 0
 
 
+@pytest.mark.destructive  # the refused version stays UNAVAILABLE in Triton: its strict readiness is false after
 def test_a_smoke_test_mismatch_marks_the_version_failed_and_keeps_the_old_one_serving(
     running_stack: RunningStack, tmp_path: Any
 ) -> None:

@@ -146,6 +146,21 @@ def test_each_error_answer_carries_its_own_request_id(repo: Path) -> None:
     assert RETRY_AFTER == {"Retry-After": "1"} and ModelNotReady("y", headers=RETRY_AFTER).headers == RETRY_AFTER
 
 
+class _StrictlyUnreadyTriton(FakeTriton):
+    """Triton with a failed version somewhere: strict readiness false, the champion READY."""
+
+    async def server_ready(self) -> bool:
+        return False
+
+
+def test_a_failed_version_elsewhere_in_triton_leaves_the_gateway_ready(repo: Path) -> None:
+    # A candidate that failed to load stays UNAVAILABLE in Triton's index and turns its strict
+    # readiness false (seen with the real Triton after a refused smoke test): the gateway, whose
+    # champion is READY, must stay in its load balancer.
+    with TestClient(create_app(_settings(repo, readiness_cache_s=0), factory(_StrictlyUnreadyTriton()))) as client:
+        assert client.get("/healthz/ready").json() == {"status": "ready"}
+
+
 def test_triton_not_ready_makes_readiness_false(repo: Path) -> None:
     fake = FakeTriton(ready=False)
     with TestClient(create_app(_settings(repo, readiness_cache_s=0), factory(fake))) as client:
