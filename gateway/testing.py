@@ -18,7 +18,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -36,6 +36,9 @@ from modelspec import (
     TrainingProfile,
 )
 from modelspec.bundle import MANIFEST_FILE, PROFILE_FILE, SCHEMA_FILE
+
+if TYPE_CHECKING:
+    from gateway.settings import GatewaySettings
 
 MODEL = "demo_model"
 TRAINED_RMSE = 20.0
@@ -262,6 +265,23 @@ def create_fake_app() -> FastAPI:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     fake = FakeTriton(delay_s=float(os.environ.get("MODELOPS_FAKE_TRITON_DELAY_S", "0")))
     return create_app(GatewaySettings(), client_factory=factory(fake))
+
+
+def settings_for(tmp_path: Path, **overrides: Any) -> GatewaySettings:
+    """Gateway settings over the repository that :func:`write_repository` makes at ``tmp_path / "repo"``.
+
+    The feedback store goes under ``tmp_path / "state"`` and SIGTERM draining is off; ``overrides``
+    replace any field.
+    """
+    from gateway.settings import GatewaySettings
+
+    values: dict[str, Any] = {
+        "model_repository": tmp_path / "repo",
+        "default_model": MODEL,
+        "feedback_db_path": tmp_path / "state" / "feedback.db",
+        "shutdown_drain_s": 0,
+    }
+    return GatewaySettings(**{**values, **overrides})
 
 
 def metric_value(exposition: str, name: str, **labels: str) -> float | None:

@@ -26,7 +26,6 @@ from gateway.errors import GatewayError, InvalidInput, ModelNotFound, ModelNotRe
 from gateway.feedback import FeedbackStore, StoredPrediction
 from gateway.inference import infer_in_chunks
 from gateway.policy import TrafficPolicy
-from gateway.settings import GatewaySettings
 from gateway.shadow import SHADOW_SUFFIX
 from gateway.testing import (
     MODEL,
@@ -36,6 +35,7 @@ from gateway.testing import (
     fake_model,
     given_body,
     metric_value,
+    settings_for,
     tensors_of,
     training_records,
     write_repository,
@@ -45,14 +45,7 @@ from gateway.wire import FeedbackResponse, PredictResponse
 RECORDS = training_records(3, seed=7)
 
 
-def _settings(tmp_path: Path, **overrides: Any) -> GatewaySettings:
-    values: dict[str, Any] = {
-        "model_repository": tmp_path / "repo",
-        "default_model": MODEL,
-        "feedback_db_path": tmp_path / "state" / "feedback.db",
-        "shutdown_drain_s": 0,
-    }
-    return GatewaySettings(**{**values, **overrides})
+_settings = settings_for
 
 
 def _run(test: Callable[[Gateway], Coroutine[Any, Any, None]], gw: Gateway) -> None:

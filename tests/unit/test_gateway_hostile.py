@@ -18,21 +18,22 @@ from gateway.audit import AuditEntry, AuditLog
 from gateway.dataplane import Gateway
 from gateway.errors import MalformedRequest, ModelNotReady, Overloaded, PayloadTooLarge, UpstreamTimeout
 from gateway.policy import TrafficPolicy
-from gateway.settings import GatewaySettings
-from gateway.testing import MODEL, FakeTriton, factory, given_body, metric_value, training_records, write_repository
+from gateway.testing import (
+    MODEL,
+    FakeTriton,
+    factory,
+    given_body,
+    metric_value,
+    settings_for,
+    training_records,
+    write_repository,
+)
 from gateway.transport import parse_json
 
 RECORD = orjson.dumps(training_records(1, seed=3)[0])
 
 
-def _settings(tmp_path: Path, **overrides: Any) -> GatewaySettings:
-    values: dict[str, Any] = {
-        "model_repository": tmp_path / "repo",
-        "default_model": MODEL,
-        "feedback_db_path": tmp_path / "state" / "feedback.db",
-        "shutdown_drain_s": 0,
-    }
-    return GatewaySettings(**{**values, **overrides})
+_settings = settings_for
 
 
 def _request(body: bytes, declared: int | None = None) -> bytes:
