@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from modelspec import ModelSchema
-from modelspec.tensors import encode_records
+from modelspec.tensors import encode_records, feed
 from tritonio.codec import HEADER_LENGTH, datatype_of, decode_response, encode_request
 
 NULL_RATIO = 0.05
@@ -141,7 +141,7 @@ def triton_binary_request(
 ) -> PreparedRequest:
     """KServe v2 infer body with the binary tensor extension (JSON header, then raw tensor bytes)."""
     request = encode_request(
-        {schema.numeric_tensor: numeric, schema.categorical_tensor: categorical},
+        feed(schema, numeric, categorical),
         [o.name for o in schema.outputs],
         binary_outputs=binary_output,
     )
@@ -155,7 +155,7 @@ def triton_binary_request(
 
 def mlflow_request(schema: ModelSchema, numeric: np.ndarray, categorical: np.ndarray) -> PreparedRequest:
     """``POST /invocations`` body of the ONNX pyfunc: named tensors as nested lists (NaN written as NaN)."""
-    inputs = {schema.numeric_tensor: numeric.tolist(), schema.categorical_tensor: categorical.tolist()}
+    inputs = feed(schema, numeric.tolist(), categorical.tolist())
     # The MLflow scoring server parses with Python's json, which reads the NaN literal; orjson cannot write it.
     body = json.dumps({"inputs": inputs}, allow_nan=True, separators=(",", ":")).encode()
     return PreparedRequest(body, {"Content-Type": "application/json", **IDENTITY}, int(numeric.shape[0]))

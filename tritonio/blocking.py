@@ -89,13 +89,7 @@ class BlockingTritonClient:
         Raises:
             Refused, Unavailable, DeadlineExceeded, BadResponse: as every call.
         """
-        status, _length, body = self._call("POST", "/v2/repository/index", b"")
-        if status != 200:
-            raise Refused(status, error_message(body))
-        try:
-            index = loads(body)
-        except ValueError as exc:
-            raise BadResponse(f"unreadable repository index: {exc}") from exc
+        index = self._json("POST", "/v2/repository/index", b"")
         if not isinstance(index, list) or not all(isinstance(entry, dict) for entry in index):
             raise BadResponse("the repository index is not a list of models")
         return index
@@ -141,16 +135,20 @@ class BlockingTritonClient:
 
     # -- internals -------------------------------------------------------------------------------
     def _get_object(self, path: str) -> dict[str, Any]:
-        status, _length, body = self._call("GET", path)
-        if status != 200:
-            raise Refused(status, error_message(body))
-        try:
-            document = loads(body)
-        except ValueError as exc:
-            raise BadResponse(f"unreadable answer to GET {path}: {exc}") from exc
+        document = self._json("GET", path)
         if not isinstance(document, dict):
             raise BadResponse(f"the answer to GET {path} is not a JSON object")
         return document
+
+    def _json(self, method: str, path: str, body: bytes | None = None) -> Any:
+        """The JSON document of a 200 answer; Refused for any other status, BadResponse when unreadable."""
+        status, _length, answer = self._call(method, path, body)
+        if status != 200:
+            raise Refused(status, error_message(answer))
+        try:
+            return loads(answer)
+        except ValueError as exc:
+            raise BadResponse(f"unreadable answer to {method} {path}: {exc}") from exc
 
     def _ok(self, path: str) -> bool:
         try:
